@@ -109,7 +109,11 @@ fn guard(hook: &'static str, f: impl FnOnce() -> Result<c_int>) -> c_int {
             -e.errno()
         }
         Err(panic) => {
-            tracing::error!(hook, "panic in plugin, failing the hook with -EIO: {}", panic_text(&*panic));
+            tracing::error!(
+                hook,
+                "panic in plugin, failing the hook with -EIO: {}",
+                panic_text(&*panic)
+            );
             -libc::EIO
         }
     }
@@ -144,7 +148,11 @@ extern "C" fn plugin_init(stage: c_int) -> c_int {
 
 extern "C" fn plugin_exit(stage: c_int, ret: c_int) {
     if let Err(panic) = catch_unwind(|| state::fini(Stage::from_raw(stage), ret)) {
-        tracing::error!(hook = "exit", "panic in plugin exit: {}", panic_text(&*panic));
+        tracing::error!(
+            hook = "exit",
+            "panic in plugin exit: {}",
+            panic_text(&*panic)
+        );
     }
 }
 
@@ -199,7 +207,9 @@ extern "C" fn update_vma_map(
             return Ok(-libc::ENOTSUP);
         }
         // SAFETY: CRIU passes a NUL-terminated path valid for the hook's duration.
-        let path = unsafe { CStr::from_ptr(path) }.to_string_lossy().into_owned();
+        let path = unsafe { CStr::from_ptr(path) }
+            .to_string_lossy()
+            .into_owned();
         match state::update_vma_map(&path, addr, old_pgoff)? {
             None => Ok(0),
             Some(update) => {
@@ -350,5 +360,43 @@ impl CriuExports {
         let c = CString::new(name).ok()?;
         // SAFETY: a valid C string and its length.
         Some(unsafe { f(c.as_ptr(), name.len()) })
+    }
+}
+
+/// Ends the calling process at once, without running CRIU's atexit handlers (tests only:
+/// the restored task dying mid-send).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an int and never returns; nothing of ours needs unwinding.
+    unsafe { libc::_exit(code) }
+}
+
+/// The thread's previous signal mask, restored by [`restore_sigmask`].
+pub struct SigMask(libc::sigset_t);
+
+/// Blocks SIGCHLD in the calling thread and returns the previous mask.
+pub fn block_sigchld() -> Result<SigMask> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use, and
+    // pthread_sigmask reads `set` and writes `old`, both valid locals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        if rc != 0 {
+            return Err(crate::PluginError::io(
+                "block SIGCHLD for the worker",
+                std::io::Error::from_raw_os_error(rc),
+            ));
+        }
+        Ok(SigMask(old))
+    }
+}
+
+/// Restores a mask saved by [`block_sigchld`].
+pub fn restore_sigmask(old: &SigMask) {
+    // SAFETY: `old.0` is a mask pthread_sigmask filled in; a null `oldset` is allowed.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old.0, std::ptr::null_mut());
     }
 }

@@ -23,8 +23,19 @@ pub struct Host {
 impl Host {
     /// Binds to CRIU's exports (or the harness fallbacks).
     pub fn new(images_dir: Option<PathBuf>) -> Self {
+        let exports = criu();
+        // CRIU closes its image-dir service fd before calling `fini`, where the stats file is
+        // written, so remember the directory's path now (no fd kept: it would leak into the
+        // restored tasks).
+        let images_dir = exports
+            .image_dir()
+            .and_then(|fd| {
+                use std::os::fd::AsRawFd;
+                std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+            })
+            .or(images_dir);
         Host {
-            exports: criu(),
+            exports,
             images_dir,
             kept: Mutex::new(Vec::new()),
         }
@@ -50,7 +61,7 @@ impl Host {
         }
         let Some(dir) = &self.images_dir else {
             return Err(PluginError::invalid(
-                "no image directory: not running inside criu and FERRY_IMAGES_DIR is unset",
+                "no image directory: CRIU's image dir is closed or absent and FERRY_IMAGES_DIR is unset",
             ));
         };
         let fd = rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
@@ -62,8 +73,13 @@ impl Host {
     pub fn open_image(&self, name: &str) -> Result<File> {
         Self::check_name(name)?;
         let dir = self.dir_fd()?;
-        let fd = rustix::fs::openat(dir.as_fd(), name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| PluginError::io(format!("open image {name}"), e.into()))?;
+        let fd = rustix::fs::openat(
+            dir.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| PluginError::io(format!("open image {name}"), e.into()))?;
         Ok(File::from(fd))
     }
 
@@ -108,7 +124,8 @@ impl Host {
             Mode::from_raw_mode(0o644),
         )
         .map_err(|e| PluginError::io(format!("create {tmp}"), e.into()))?;
-        rustix::io::write(&fd, bytes).map_err(|e| PluginError::io(format!("write {tmp}"), e.into()))?;
+        rustix::io::write(&fd, bytes)
+            .map_err(|e| PluginError::io(format!("write {tmp}"), e.into()))?;
         rustix::fs::renameat(dir.as_fd(), &tmp, dir.as_fd(), name)
             .map_err(|e| PluginError::io(format!("rename {tmp}"), e.into()))
     }

@@ -141,8 +141,9 @@ pub fn init(stage: Stage) -> Result<()> {
         disabled = state.disabled,
         "plugin initialised"
     );
-    if stage == Stage::Restore && !state.disabled && state.config.parallel_restore {
-        // Before CRIU forks the root task, so the restored tasks can reach the main process.
+    if stage == Stage::Restore && !state.disabled {
+        // Before CRIU forks the root task, so the restored tasks can reach the main process
+        // (plans in parallel mode, copy stats in sequential mode).
         state.engine.listen(&state.host)?;
     }
     let mut g = STATE
@@ -191,7 +192,9 @@ fn with_state<T>(default: T, f: impl FnOnce(&PluginState) -> Result<T>) -> Resul
 }
 
 pub fn dump_file(fd: BorrowedFd<'_>, id: u32) -> Result<Claim> {
-    with_state(Claim::NotMine, |s| s.first_claim(|b, cx| b.dump_file(cx, fd, id)))
+    with_state(Claim::NotMine, |s| {
+        s.first_claim(|b, cx| b.dump_file(cx, fd, id))
+    })
 }
 
 pub fn handle_device_vma(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<Claim> {
@@ -201,7 +204,9 @@ pub fn handle_device_vma(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<Claim> {
 }
 
 pub fn pause_devices(pid: i32) -> Result<Claim> {
-    with_state(Claim::NotMine, |s| s.first_claim(|b, cx| b.pause_devices(cx, pid)))
+    with_state(Claim::NotMine, |s| {
+        s.first_claim(|b, cx| b.pause_devices(cx, pid))
+    })
 }
 
 pub fn checkpoint_devices(pid: i32) -> Result<Claim> {
@@ -245,9 +250,6 @@ pub fn post_forking() -> Result<Claim> {
     if let Ok(mut t) = state.forked_at.lock() {
         *t = Some(Instant::now());
     }
-    if !state.config.parallel_restore {
-        return Ok(Claim::Done);
-    }
     RestoreEngine::start_worker(&state)?;
     Ok(Claim::Done)
 }
@@ -273,7 +275,10 @@ pub fn resume_devices_late(pid: i32) -> Result<Claim> {
     if let Err(e) = state.engine.join_for(&state, pid) {
         // CRIU only logs errors from this hook, and the task is still stopped under ptrace:
         // killing it makes CRIU's final detach fail, so the restore really fails.
-        tracing::error!(pid, "device memory was not restored, killing the task to fail the restore");
+        tracing::error!(
+            pid,
+            "device memory was not restored, killing the task to fail the restore"
+        );
         let _ = rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid).ok_or_else(|| PluginError::invalid("pid 0"))?,
             rustix::process::Signal::KILL,

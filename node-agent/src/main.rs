@@ -39,7 +39,9 @@ fn main() -> Result<()> {
     tracing::warn!(
         "the NodeTask worker is not implemented in this build; no task is watched or run"
     );
-    anyhow::bail!("ferry-agent: the NodeTask worker is not implemented yet (see the node-agent issue)")
+    anyhow::bail!(
+        "ferry-agent: the NodeTask worker is not implemented yet (see the node-agent issue)"
+    )
 }
 
 fn init_tracing(format: LogFormat) {

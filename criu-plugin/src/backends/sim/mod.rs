@@ -1,21 +1,214 @@
-//! The simulated GPU (skeleton).
+//! The simulated GPU backend: what CRIU does with it is what it does with a real GPU (see
+//! [`device`] for why the device is shaped this way). Always built; active wherever a sim
+//! node could be made (root, a misc device to borrow numbers from).
 
-use ferry_api::stats::GpuVendor;
+pub mod device;
+pub mod mapping;
 
-use crate::backends::{Backend, BackendId, Ctx};
-use crate::error::Result;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferry_api::stats::{DeviceStats, GpuVendor};
+
+use crate::backends::{Backend, BackendId, Claim, CopyEngine, Ctx};
+use crate::config::Fault;
+use crate::engine::images;
+use crate::engine::plan::{CopyPlan, PlanBuffer, PlanDevice};
+use crate::error::{IoContext, PluginError, Result};
+use device::{ContextMeta, SimPaths};
+
+/// Image with a context's metadata, per CRIU ext-file id.
+pub fn ctx_image(id: u32) -> String {
+    format!("sim-ctx-{id}.img")
+}
+
+/// Pages image of one context (one device).
+pub fn pages_image(id: u32, device: u32) -> String {
+    format!("sim-pages-{id}-{device}.img")
+}
+
+/// Largest metadata image accepted.
+const MAX_META: u64 = 1 << 20;
 
 #[derive(Default)]
 pub struct SimBackend {}
+
+fn paths(cx: &Ctx<'_>) -> SimPaths {
+    SimPaths::new(&cx.config.sim_root, &cx.config.sim_mem)
+}
 
 impl Backend for SimBackend {
     fn id(&self) -> BackendId {
         BackendId::Sim
     }
+
     fn vendor(&self) -> GpuVendor {
         GpuVendor::Sim
     }
+
     fn probe(&self, _cx: &Ctx<'_>) -> Result<bool> {
+        // Claims only fds under FERRY_SIM_ROOT, so it is safe to keep on everywhere.
         Ok(true)
+    }
+
+    fn dump_file(&self, cx: &Ctx<'_>, fd: BorrowedFd<'_>, id: u32) -> Result<Claim> {
+        let link = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let Ok(target) = std::fs::read_link(&link) else {
+            return Ok(Claim::NotMine);
+        };
+        let p = paths(cx);
+        let Some(uuid) = p.uuid_of_node(&target) else {
+            return Ok(Claim::NotMine);
+        };
+        let started = Instant::now();
+        let meta = p.read_meta(&uuid)?;
+        let text = serde_json::to_vec(&meta)
+            .map_err(|e| PluginError::invalid(format!("encode sim context: {e}")))?;
+        let name = ctx_image(id);
+        let mut f = cx.host.create_image(&name)?;
+        images::write_sized(&mut f, &name, &text)?;
+
+        let pages = pages_image(id, meta.device);
+        let mut out = cx.host.create_image(&pages)?;
+        let total: u64 = meta.buffers.iter().map(|b| b.size).sum();
+        out.write_all(&total.to_le_bytes())
+            .ctx(|| format!("write {pages}"))?;
+        for b in &meta.buffers {
+            let src = p.buffer(&uuid, &b.name);
+            let mut f = File::open(&src).ctx(|| format!("open {}", src.display()))?;
+            let n = std::io::copy(&mut f, &mut out)
+                .ctx(|| format!("copy {} into {pages}", src.display()))?;
+            if n != b.size {
+                return Err(PluginError::Device(format!(
+                    "sim buffer {} holds {n} bytes, its metadata says {}",
+                    src.display(),
+                    b.size
+                )));
+            }
+        }
+        out.sync_data().ctx(|| format!("sync {pages}"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(id, uuid = %uuid, device = meta.device, bytes = total, seconds, "sim device context dumped");
+        if let Ok(mut s) = cx.stats.lock() {
+            s.devices.push(DeviceStats {
+                device: format!("sim{}", meta.device),
+                pid: 0,
+                buffers: meta.buffers.len() as u32,
+                bytes: total,
+                copy_seconds: seconds,
+            });
+        }
+        Ok(Claim::Done)
+    }
+
+    fn restore_file(&self, cx: &Ctx<'_>, id: u32) -> Result<Option<OwnedFd>> {
+        let name = ctx_image(id);
+        if !cx.host.image_exists(&name) {
+            return Ok(None);
+        }
+        let text = images::read_sized(cx.host.open_image(&name)?, &name, MAX_META)?;
+        let meta: ContextMeta = serde_json::from_slice(&text)
+            .map_err(|e| PluginError::invalid(format!("image {name} is not a sim context: {e}")))?;
+        if meta.version != 1 {
+            return Err(PluginError::invalid(format!(
+                "image {name} has sim context version {}, this plugin reads 1",
+                meta.version
+            )));
+        }
+        let p = paths(cx);
+        let files = p.recreate(&meta)?;
+        let handle = p.open_node(&meta.uuid)?;
+        let mut read_offset = 0u64;
+        let buffers = meta
+            .buffers
+            .iter()
+            .zip(files)
+            .map(|(b, f)| {
+                let buf = PlanBuffer {
+                    device: 0,
+                    read_offset,
+                    write_offset: 0,
+                    size: b.size,
+                    fd: OwnedFd::from(f),
+                };
+                read_offset += b.size;
+                buf
+            })
+            .collect();
+        let plan = CopyPlan {
+            backend: BackendId::Sim,
+            ext_id: id,
+            pid: std::process::id(),
+            devices: vec![PlanDevice {
+                key: u64::from(meta.device),
+                label: format!("sim{}", meta.device),
+                pages_image: pages_image(id, meta.device),
+            }],
+            buffers,
+        };
+        tracing::info!(id, uuid = %meta.uuid, device = meta.device, "sim device context recreated");
+        cx.refill.refill(cx, self, plan)?;
+        Ok(Some(OwnedFd::from(handle)))
+    }
+
+    fn copy_engine(&self, cx: &Ctx<'_>, device_key: u64) -> Result<Box<dyn CopyEngine>> {
+        Ok(Box::new(SimCopy {
+            device: device_key,
+            bandwidth: cx.config.sim_bandwidth,
+            fail: cx.config.fault == Some(Fault::CopyError),
+            started: None,
+            written: 0,
+        }))
+    }
+}
+
+/// The sim copy engine: `pwrite` paced to a bandwidth, like a DMA engine of that speed.
+pub struct SimCopy {
+    device: u64,
+    bandwidth: u64,
+    fail: bool,
+    started: Option<Instant>,
+    written: u64,
+}
+
+impl CopyEngine for SimCopy {
+    fn write(&mut self, dst: BorrowedFd<'_>, offset: u64, bytes: &[u8]) -> Result<()> {
+        let start = *self.started.get_or_insert_with(Instant::now);
+        if self.fail && self.written > 0 {
+            return Err(PluginError::Copy(format!(
+                "sim{}: injected copy error (FERRY_TEST_FAULT=copy-error) after {} bytes",
+                self.device, self.written
+            )));
+        }
+        let mut done = 0usize;
+        while done < bytes.len() {
+            match rustix::io::pwrite(dst, &bytes[done..], offset + done as u64) {
+                Ok(0) => {
+                    return Err(PluginError::Copy(format!(
+                        "sim{}: buffer ended at {} while writing",
+                        self.device,
+                        offset + done as u64
+                    )));
+                }
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(PluginError::io(
+                        format!("write sim{} buffer at {offset}", self.device),
+                        e.into(),
+                    ));
+                }
+            }
+        }
+        self.written += bytes.len() as u64;
+        let due = Duration::from_secs_f64(self.written as f64 / self.bandwidth as f64);
+        let spent = start.elapsed();
+        if due > spent {
+            std::thread::sleep(due - spent);
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,210 @@
+//! Names shared by the operator, the node agent and the tests: condition types, failure
+//! reasons, labels, annotations, the finalizer, field managers and metric names.
+//!
+//! Plain `&str` constants with no dependencies, so every crate (the CRIU plugin included,
+//! which builds ferry-api without the `crd` feature) spells them the same way.
+
+/// Condition types on `CheckpointRequest.status.conditions`.
+pub mod condition {
+    /// The source containers were checkpointed and the image is published.
+    pub const CHECKPOINTED: &str = "Checkpointed";
+    /// The image is on the target node (migrations only).
+    pub const TRANSFERRED: &str = "Transferred";
+    /// The restored pod runs on the target node (migrations only).
+    pub const RESTORED: &str = "Restored";
+    /// The request reached its goal; `False` with a failure reason when it failed.
+    pub const READY: &str = "Ready";
+
+    /// Every condition type, in the order a migration sets them.
+    pub const ALL: [&str; 4] = [CHECKPOINTED, TRANSFERRED, RESTORED, READY];
+}
+
+/// CamelCase failure reasons: a condition's `reason` and the reason of the Event that the
+/// operator publishes on the request.
+pub mod reason {
+    /// `spec.podName` names no pod in the request's namespace.
+    pub const POD_NOT_FOUND: &str = "PodNotFound";
+    /// The pod exists but is not `Running` (or not yet scheduled).
+    pub const POD_NOT_RUNNING: &str = "PodNotRunning";
+    /// A name in `spec.containers` is not a container of the pod.
+    pub const CONTAINER_NOT_FOUND: &str = "ContainerNotFound";
+    /// No ready ferry node agent runs on a node the request needs.
+    pub const AGENT_NOT_READY: &str = "AgentNotReady";
+    /// `spec.migrate.targetNode` names no node.
+    pub const TARGET_NODE_NOT_FOUND: &str = "TargetNodeNotFound";
+    /// The target node exists but is not `Ready`.
+    pub const TARGET_NODE_NOT_READY: &str = "TargetNodeNotReady";
+    /// The target node is cordoned.
+    pub const TARGET_NODE_UNSCHEDULABLE: &str = "TargetNodeUnschedulable";
+    /// The target node is the node the pod already runs on.
+    pub const TARGET_IS_SOURCE: &str = "TargetIsSource";
+    /// `spec.storage.pvc.claimName` names no PersistentVolumeClaim.
+    pub const PVC_NOT_FOUND: &str = "PvcNotFound";
+    /// Another unfinished request already targets the same pod.
+    pub const REQUEST_ALREADY_ACTIVE: &str = "RequestAlreadyActive";
+    /// No node matches the selector and the checkpoint's GPU needs.
+    pub const NO_COMPATIBLE_NODE: &str = "NoCompatibleNode";
+    /// The checkpoint step failed on the source node.
+    pub const CHECKPOINT_FAILED: &str = "CheckpointFailed";
+    /// Moving the image to the target node failed.
+    pub const TRANSFER_FAILED: &str = "TransferFailed";
+    /// The restore step failed on the target node.
+    pub const RESTORE_FAILED: &str = "RestoreFailed";
+    /// The request ran longer than `spec.timeoutSeconds`.
+    pub const TIMEOUT: &str = "Timeout";
+
+    /// Every failure reason.
+    pub const ALL: [&str; 15] = [
+        POD_NOT_FOUND,
+        POD_NOT_RUNNING,
+        CONTAINER_NOT_FOUND,
+        AGENT_NOT_READY,
+        TARGET_NODE_NOT_FOUND,
+        TARGET_NODE_NOT_READY,
+        TARGET_NODE_UNSCHEDULABLE,
+        TARGET_IS_SOURCE,
+        PVC_NOT_FOUND,
+        REQUEST_ALREADY_ACTIVE,
+        NO_COMPATIBLE_NODE,
+        CHECKPOINT_FAILED,
+        TRANSFER_FAILED,
+        RESTORE_FAILED,
+        TIMEOUT,
+    ];
+}
+
+/// Label keys.
+pub mod label {
+    /// On a NodeTask: the node whose agent runs it. Agents watch only their own node's tasks
+    /// through this label, so the value is the node name.
+    pub const NODE: &str = "ferry.dev/node";
+    /// On NodeTasks and restored pods: the name of the owning CheckpointRequest. Label values
+    /// are at most 63 characters, which is why the CRD limits request names to 63.
+    pub const CHECKPOINT_REQUEST: &str = "ferry.dev/checkpoint-request";
+    /// On everything ferry creates; the value is [`MANAGED_BY_VALUE`].
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The value of [`MANAGED_BY`] on objects ferry creates.
+    pub const MANAGED_BY_VALUE: &str = "ferry";
+}
+
+/// Annotation keys.
+pub mod annotation {
+    /// On a restored pod: `<namespace>/<pod>` of the pod it was restored from.
+    pub const RESTORED_FROM: &str = "ferry.dev/restored-from";
+    /// On a restored pod: the name of the CheckpointRequest that restored it.
+    pub const CHECKPOINT_REQUEST: &str = "ferry.dev/checkpoint-request";
+    /// On a checkpoint image built from a kubelet/CRIU archive: the container it holds. The
+    /// runtimes (containerd restore-via-create, CRI-O) read this exact key.
+    pub const CRIU_CHECKPOINT_CONTAINER_NAME: &str = "org.criu.checkpoint.container.name";
+}
+
+/// The finalizer the operator puts on a CheckpointRequest, so that deleting it first removes
+/// its NodeTasks and images.
+pub const FINALIZER: &str = "ferry.dev/cleanup";
+
+/// Server-side-apply field managers: one per writer, so that the API server reports conflicts
+/// between writers instead of silently merging them.
+pub mod field_manager {
+    /// The operator: CheckpointRequest status, NodeTask spec, restored pods.
+    pub const OPERATOR: &str = "ferry-operator";
+    /// Prefix of a node agent's field manager; the full name is [`agent`]`(node)`.
+    pub const AGENT_PREFIX: &str = "ferry-agent/";
+
+    /// The field manager of the agent on `node`: NodeTask status of that node's tasks.
+    pub fn agent(node: &str) -> String {
+        format!("{AGENT_PREFIX}{node}")
+    }
+}
+
+/// Prometheus metric names (DESIGN.md §4), all prefixed `ferry_`.
+pub mod metric {
+    // Node agent.
+    /// Histogram: seconds of a checkpoint step.
+    pub const CHECKPOINT_DURATION_SECONDS: &str = "ferry_checkpoint_duration_seconds";
+    /// Histogram: seconds of a restore step.
+    pub const RESTORE_DURATION_SECONDS: &str = "ferry_restore_duration_seconds";
+    /// Histogram `{vendor,mode}`: seconds spent refilling device memory.
+    pub const GPU_RESTORE_DURATION_SECONDS: &str = "ferry_gpu_restore_duration_seconds";
+    /// Counter: bytes of device memory restored.
+    pub const GPU_RESTORE_BYTES_TOTAL: &str = "ferry_gpu_restore_bytes_total";
+    /// Gauge/histogram: device memory restore throughput.
+    pub const GPU_RESTORE_THROUGHPUT_BYTES_PER_SECOND: &str =
+        "ferry_gpu_restore_throughput_bytes_per_second";
+    /// Histogram: seconds CRIU spent restoring host memory.
+    pub const HOST_RESTORE_DURATION_SECONDS: &str = "ferry_host_restore_duration_seconds";
+    /// Counter: image bytes moved between agents.
+    pub const TRANSFER_BYTES_TOTAL: &str = "ferry_transfer_bytes_total";
+    /// Histogram: seconds of an image transfer.
+    pub const TRANSFER_DURATION_SECONDS: &str = "ferry_transfer_duration_seconds";
+    /// Histogram: bytes of a checkpoint image.
+    pub const CHECKPOINT_SIZE_BYTES: &str = "ferry_checkpoint_size_bytes";
+    /// Counter `{operation,result}`: NodeTasks finished.
+    pub const TASKS_TOTAL: &str = "ferry_tasks_total";
+
+    // Operator.
+    /// Histogram: seconds of one reconcile.
+    pub const RECONCILE_DURATION_SECONDS: &str = "ferry_reconcile_duration_seconds";
+    /// Gauge `{phase}`: CheckpointRequests by phase.
+    pub const REQUESTS: &str = "ferry_requests";
+    /// Histogram: seconds a migrated workload was frozen (checkpoint freeze to restored run).
+    pub const MIGRATION_DOWNTIME_SECONDS: &str = "ferry_migration_downtime_seconds";
+    /// Counter `{error}`: reconciles that returned an error.
+    pub const RECONCILE_ERRORS_TOTAL: &str = "ferry_reconcile_errors_total";
+
+    /// Every metric name.
+    pub const ALL: [&str; 14] = [
+        CHECKPOINT_DURATION_SECONDS,
+        RESTORE_DURATION_SECONDS,
+        GPU_RESTORE_DURATION_SECONDS,
+        GPU_RESTORE_BYTES_TOTAL,
+        GPU_RESTORE_THROUGHPUT_BYTES_PER_SECOND,
+        HOST_RESTORE_DURATION_SECONDS,
+        TRANSFER_BYTES_TOTAL,
+        TRANSFER_DURATION_SECONDS,
+        CHECKPOINT_SIZE_BYTES,
+        TASKS_TOTAL,
+        RECONCILE_DURATION_SECONDS,
+        REQUESTS,
+        MIGRATION_DOWNTIME_SECONDS,
+        RECONCILE_ERRORS_TOTAL,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_name_is_a_valid_prometheus_name_with_the_ferry_prefix() {
+        for name in metric::ALL {
+            assert!(name.starts_with("ferry_"), "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}"
+            );
+        }
+        let mut unique = metric::ALL.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), metric::ALL.len(), "duplicate metric name");
+    }
+
+    #[test]
+    fn reasons_and_condition_types_are_camel_case_and_unique() {
+        for name in reason::ALL.iter().chain(condition::ALL.iter()) {
+            let first = name.chars().next().unwrap_or('x');
+            assert!(first.is_ascii_uppercase(), "{name}");
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric()), "{name}");
+        }
+        let mut unique = reason::ALL.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), reason::ALL.len(), "duplicate reason");
+    }
+
+    #[test]
+    fn agent_field_manager_names_the_node() {
+        assert_eq!(field_manager::agent("gpu-node-7"), "ferry-agent/gpu-node-7");
+    }
+}
