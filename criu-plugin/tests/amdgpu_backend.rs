@@ -31,7 +31,7 @@ impl Refill for NoRefill {
 
 struct World {
     dev: tempfile::TempDir,
-    images: tempfile::TempDir,
+    _images: tempfile::TempDir,
     config: Config,
     host: Host,
     stats: Mutex<PluginStats>,
@@ -43,7 +43,7 @@ impl World {
         World {
             dev: tempfile::tempdir().unwrap(),
             host: Host::new(Some(images.path().to_path_buf())),
-            images,
+            _images: images,
             config: Config::default(),
             stats: Mutex::new(PluginStats::new(Operation::Restore, GpuVendor::None)),
         }
