@@ -143,7 +143,11 @@ fn vma_updates_ignore_other_paths_and_unknown_mappings() {
     let w = World::new();
     let b = w.backend();
     let cx = w.cx(Stage::Restore);
-    assert!(b.update_vma_map(&cx, "/usr/lib/libc.so.6", 0x1000, 0).unwrap().is_none());
+    assert!(
+        b.update_vma_map(&cx, "/usr/lib/libc.so.6", 0x1000, 0)
+            .unwrap()
+            .is_none()
+    );
     let kfd = format!("/{}/kfd", w.dev.path().display());
     assert!(b.update_vma_map(&cx, &kfd, 0x1000, 0).unwrap().is_none());
 }
@@ -160,6 +164,9 @@ fn resume_without_dev_kfd_is_not_claimed() {
 
 #[test]
 fn double_slashes_in_vma_paths_are_collapsed() {
-    assert_eq!(normalise_path("//dev/dri//renderD128"), "/dev/dri/renderD128");
+    assert_eq!(
+        normalise_path("//dev/dri//renderD128"),
+        "/dev/dri/renderD128"
+    );
     assert_eq!(normalise_path("/dev/kfd"), "/dev/kfd");
 }

@@ -62,7 +62,9 @@ fn two_gpus_with_three_bos_each_read_their_own_pages_image_from_offset_zero() {
         bo(0xaaaa, 0x3000, VRAM),
         bo(0xbbbb, 0x3000, VRAM),
     ];
-    let fds = (0..bos.len() as u64).map(|i| Some(memfd(100 + i))).collect();
+    let fds = (0..bos.len() as u64)
+        .map(|i| Some(memfd(100 + i)))
+        .collect();
     let plan = copy_plan_for(7, 4242, &bos, &targets(), fds).unwrap();
 
     assert_eq!(plan.backend, BackendId::Amdgpu);
@@ -82,13 +84,21 @@ fn two_gpus_with_three_bos_each_read_their_own_pages_image_from_offset_zero() {
     };
     assert_eq!(
         per_dev(0),
-        vec![(0, 0x1000, 100), (0x1000, 0x20_0000, 102), (0x20_1000, 0x3000, 104)]
+        vec![
+            (0, 0x1000, 100),
+            (0x1000, 0x20_0000, 102),
+            (0x20_1000, 0x3000, 104)
+        ]
     );
     // The second GPU's first BO starts at 0 in its own image (upstream's summed offsets
     // would have put it at 0x20_4000).
     assert_eq!(
         per_dev(1),
-        vec![(0, 0x1000, 101), (0x1000, 0x2000, 103), (0x3000, 0x3000, 105)]
+        vec![
+            (0, 0x1000, 101),
+            (0x1000, 0x2000, 103),
+            (0x3000, 0x3000, 105)
+        ]
     );
     assert!(plan.buffers.iter().all(|b| b.write_offset == 0));
     assert_eq!(plan.device_bytes(0), 0x20_4000);
@@ -109,7 +119,10 @@ fn only_vram_and_gtt_bos_are_copied_and_a_gpu_without_contents_gets_no_device() 
     assert_eq!(plan.devices.len(), 1);
     assert_eq!(plan.devices[0].pages_image, "amdgpu-pages-3-bbbb.img");
     assert_eq!(plan.buffers.len(), 1);
-    assert_eq!((plan.buffers[0].read_offset, plan.buffers[0].size), (0, 0x2000));
+    assert_eq!(
+        (plan.buffers[0].read_offset, plan.buffers[0].size),
+        (0, 0x2000)
+    );
     assert_eq!(len_of(&plan.buffers[0].fd), 2);
 }
 
@@ -131,28 +144,29 @@ fn a_bo_on_a_gpu_missing_from_the_device_list_is_rejected() {
 #[test]
 fn mappings_of_contents_doorbell_and_mmio_bos_move_to_the_restored_offsets() {
     use ferry_criu_plugin::backends::amdgpu::ioctl::KfdCriuBoBucket;
-    let mut buckets: Vec<KfdCriuBoBucket> = [
-        (0xaaaa, VRAM),
-        (0xbbbb, DOORBELL),
-        (0xaaaa, USERPTR),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, (g, f))| KfdCriuBoBucket {
-        addr: 0x1000 * (i as u64 + 1),
-        offset: 0x10 * (i as u64 + 1),
-        gpu_id: *g,
-        alloc_flags: *f,
-        ..Default::default()
-    })
-    .collect();
+    let mut buckets: Vec<KfdCriuBoBucket> = [(0xaaaa, VRAM), (0xbbbb, DOORBELL), (0xaaaa, USERPTR)]
+        .iter()
+        .enumerate()
+        .map(|(i, (g, f))| KfdCriuBoBucket {
+            addr: 0x1000 * (i as u64 + 1),
+            offset: 0x10 * (i as u64 + 1),
+            gpu_id: *g,
+            alloc_flags: *f,
+            ..Default::default()
+        })
+        .collect();
     for (i, b) in buckets.iter_mut().enumerate() {
         b.restored_offset = 0x9000 + i as u64;
     }
     let moves = vma_moves(&buckets, &targets()).unwrap();
     assert_eq!(moves.len(), 2);
     assert_eq!(
-        (moves[0].addr, moves[0].old_pgoff, moves[0].new_pgoff, moves[0].actual_gpu_id),
+        (
+            moves[0].addr,
+            moves[0].old_pgoff,
+            moves[0].new_pgoff,
+            moves[0].actual_gpu_id
+        ),
         (0x1000, 0x10, 0x9000, 0x1111)
     );
     assert_eq!(moves[1].actual_gpu_id, 0x2222);

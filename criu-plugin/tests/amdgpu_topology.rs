@@ -335,7 +335,10 @@ fn another_gpu_model_is_rejected_naming_device_id() {
     let e = restore_gpu_map(&src, &dest, &Checks::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("device_id checkpointed 0x744c local 0x747e"), "{e}");
+    assert!(
+        e.contains("device_id checkpointed 0x744c local 0x747e"),
+        "{e}"
+    );
     assert!(e.contains("0x33aa"), "{e}");
 }
 

@@ -139,13 +139,28 @@ macro_rules! expect_offsets {
 fn kfd_structs_match_linux_kfd_ioctl_h_in_size_and_field_offsets() {
     let f = c_facts();
     expect_size!(f, "kfd_ioctl_get_version_args", KfdGetVersionArgs);
-    expect_offsets!(f, "kfd_ioctl_get_version_args", KfdGetVersionArgs, [minor_version]);
+    expect_offsets!(
+        f,
+        "kfd_ioctl_get_version_args",
+        KfdGetVersionArgs,
+        [minor_version]
+    );
     expect_size!(f, "kfd_ioctl_criu_args", KfdCriuArgs);
     expect_offsets!(
         f,
         "kfd_ioctl_criu_args",
         KfdCriuArgs,
-        [devices, bos, priv_data, priv_data_size, num_devices, num_bos, num_objects, pid, op]
+        [
+            devices,
+            bos,
+            priv_data,
+            priv_data_size,
+            num_devices,
+            num_bos,
+            num_objects,
+            pid,
+            op
+        ]
     );
     expect_size!(f, "kfd_criu_device_bucket", KfdCriuDeviceBucket);
     expect_offsets!(
@@ -159,7 +174,16 @@ fn kfd_structs_match_linux_kfd_ioctl_h_in_size_and_field_offsets() {
         f,
         "kfd_criu_bo_bucket",
         KfdCriuBoBucket,
-        [addr, size, offset, restored_offset, gpu_id, alloc_flags, dmabuf_fd, pad]
+        [
+            addr,
+            size,
+            offset,
+            restored_offset,
+            gpu_id,
+            alloc_flags,
+            dmabuf_fd,
+            pad
+        ]
     );
 }
 
@@ -220,7 +244,12 @@ fn libdrm_amdgpu_structs_match_amdgpu_h_in_size_and_field_offsets() {
         [alloc_size]
     );
     expect_size!(f, "amdgpu_cs_ib_info", AmdgpuCsIbInfo);
-    expect_offsets!(f, "amdgpu_cs_ib_info", AmdgpuCsIbInfo, [ib_mc_address, size]);
+    expect_offsets!(
+        f,
+        "amdgpu_cs_ib_info",
+        AmdgpuCsIbInfo,
+        [ib_mc_address, size]
+    );
     expect_size!(f, "amdgpu_cs_fence_info", AmdgpuCsFenceInfo);
     expect_offsets!(f, "amdgpu_cs_fence_info", AmdgpuCsFenceInfo, [offset]);
     expect_size!(f, "amdgpu_cs_fence", AmdgpuCsFence);

@@ -405,7 +405,7 @@ impl AmdgpuBackend {
         let mut file = images::create_pages(cx.host, &name, total)?;
         let mut n = 0u32;
         if total > 0 {
-            let render = RenderNode::open(&self.cfg.dev_root, minor)?;
+            let render = RenderNode::open_amdgpu(&self.cfg.dev_root, minor)?;
             let mut reader = sdma::SdmaReader::new(
                 lib,
                 render.as_fd(),
@@ -446,7 +446,7 @@ impl AmdgpuBackend {
         if let Some(fd) = g.restore.render_fds.get(&actual) {
             return Ok(fd.as_raw_fd());
         }
-        let node = RenderNode::open(&self.cfg.dev_root, minor)?;
+        let node = RenderNode::open_amdgpu(&self.cfg.dev_root, minor)?;
         let fd = node.into_fd_at_least(g.restore.fd_next)?;
         let raw = fd.as_raw_fd();
         if g.restore.fd_next > 0 {
@@ -778,7 +778,7 @@ impl Backend for AmdgpuBackend {
     fn copy_engine(&self, cx: &Ctx<'_>, device_key: u64) -> Result<Box<dyn CopyEngine>> {
         let (minor, actual) = kfd::split_device_key(device_key);
         let lib = self.lib()?;
-        let render = RenderNode::open(&self.cfg.dev_root, minor)?;
+        let render = RenderNode::open_amdgpu(&self.cfg.dev_root, minor)?;
         let staging = sdma::staging_size(self.cfg.max_buffer_size, cx.config.chunk_size as u64);
         Ok(Box::new(sdma::SdmaWriter::new(
             &lib,

@@ -79,6 +79,19 @@ impl RenderNode {
         Ok(RenderNode(fd))
     }
 
+    /// Opens render node `minor` and checks that `amdgpu` drives it (a wrong minor — e.g.
+    /// from a stale topology — would otherwise surface as an obscure libdrm error).
+    pub fn open_amdgpu(dev_root: &Path, minor: u32) -> Result<RenderNode> {
+        let node = Self::open(dev_root, minor)?;
+        let name = node.driver_name()?;
+        if name != "amdgpu" {
+            return Err(PluginError::Device(format!(
+                "renderD{minor} is driven by {name:?}, not amdgpu; the KFD topology and /dev/dri disagree"
+            )));
+        }
+        Ok(node)
+    }
+
     /// The kernel driver's name (`DRM_IOCTL_VERSION`), e.g. `amdgpu`.
     pub fn driver_name(&self) -> Result<String> {
         use ::drm::Device;
