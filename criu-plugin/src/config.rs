@@ -151,6 +151,7 @@ pub fn parse_size(name: &str, v: &str) -> Result<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::collections::HashMap;

@@ -96,10 +96,10 @@ impl PluginState {
     }
 
     fn mark_claimed(&self, b: &dyn Backend) {
-        if let Ok(mut s) = self.stats.lock() {
-            if s.vendor == GpuVendor::None {
-                s.vendor = b.vendor();
-            }
+        if let Ok(mut s) = self.stats.lock()
+            && s.vendor == GpuVendor::None
+        {
+            s.vendor = b.vendor();
         }
         if self.stage != Stage::Restore && !self.inventory_added.swap(true, Ordering::SeqCst) {
             self.host.add_inventory();
