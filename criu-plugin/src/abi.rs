@@ -102,6 +102,13 @@ pub static CR_PLUGIN_DESC: SyncDesc = SyncDesc(CrPluginDesc {
 /// Runs a hook body so that no panic and no error escapes into CRIU unreported: an error
 /// becomes `-errno` after one log line, a panic `-EIO`.
 fn guard(hook: &'static str, f: impl FnOnce() -> Result<c_int>) -> c_int {
+    crate::log::flush();
+    let r = guard_inner(hook, f);
+    crate::log::flush();
+    r
+}
+
+fn guard_inner(hook: &'static str, f: impl FnOnce() -> Result<c_int>) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {

@@ -38,6 +38,10 @@ struct Args {
     /// Milliseconds per step.
     #[arg(long, default_value_t = 20)]
     interval_ms: u64,
+    /// Processes in the tree: the root spawns `procs - 1` children, each with its own
+    /// devices and status file `<status>.child<i>`.
+    #[arg(long, default_value_t = 1)]
+    procs: u32,
     /// Where sim device handles live.
     #[arg(long, env = "FERRY_SIM_ROOT", default_value = "/var/lib/ferry-sim")]
     sim_root: PathBuf,
@@ -91,6 +95,35 @@ fn write_status(path: &Path, s: &Status) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
+/// Starts the other processes of the tree and waits until each has its memory ready.
+fn spawn_children(a: &Args) -> Result<Vec<std::process::Child>> {
+    let mut children = Vec::new();
+    if a.procs <= 1 {
+        return Ok(children);
+    }
+    let exe = std::env::current_exe().context("find own executable")?;
+    for i in 1..a.procs {
+        let status = PathBuf::from(format!("{}.child{i}", a.status.display()));
+        let child = std::process::Command::new(&exe)
+            .args(["--devices", &a.devices.to_string()])
+            .args(["--device-mib", &a.device_mib.to_string()])
+            .args(["--buffers", &a.buffers.to_string()])
+            .args(["--host-mib", &a.host_mib.to_string()])
+            .args(["--seed", &(a.seed + u64::from(i)).to_string()])
+            .args(["--interval-ms", &a.interval_ms.to_string()])
+            .arg("--status")
+            .arg(&status)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn child {i}"))?;
+        children.push(child);
+        while !status.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(children)
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let paths = SimPaths::new(&a.sim_root, &a.sim_mem);
@@ -110,6 +143,7 @@ fn main() -> Result<()> {
         }
         ctxs.push(c);
     }
+    let _children = spawn_children(&a)?;
     let device_bytes: u64 = sizes.iter().sum::<u64>() * u64::from(a.devices);
     let trigger = PathBuf::from(format!("{}.verify", a.status.display()));
     let mut counter = 0u64;

@@ -82,21 +82,11 @@ pub fn copy_device(
         let chunks = &chunks;
         std::thread::Builder::new()
             .name("ferry-read".into())
-            .spawn_scoped(s, move || {
-                read_chunks(pages, image, chunks, free_rx, full_tx)
-            })
+            .spawn_scoped(s, move || read_chunks(pages, image, chunks, free_rx, full_tx))
             .map_err(|e| PluginError::io("spawn the image reader thread", e))?;
-        let mut bytes = 0u64;
-        for _ in 0..chunks.len() {
-            let (i, data) = full_rx
-                .recv()
-                .map_err(|_| PluginError::Copy(format!("image reader for {image} stopped")))??;
-            let c = &chunks[i];
-            engine.write(buffers[c.buffer].fd.as_fd(), c.write_offset, &data)?;
-            bytes += data.len() as u64;
-            // The reader may already have stopped after its last chunk.
-            let _ = free_tx.send(data);
-        }
+        // Owns the channel ends, so on any error they drop before the scope joins the
+        // reader, which then sees a closed channel and stops instead of blocking forever.
+        let bytes = drain_chunks(image, buffers, chunks, engine, full_rx, free_tx)?;
         engine.finish()?;
         Ok(CopyOutcome {
             bytes,
@@ -105,6 +95,28 @@ pub fn copy_device(
             elapsed: started.elapsed(),
         })
     })
+}
+
+fn drain_chunks(
+    image: &str,
+    buffers: &[&PlanBuffer],
+    chunks: &[Chunk],
+    engine: &mut dyn CopyEngine,
+    full_rx: Receiver<Result<(usize, Vec<u8>)>>,
+    free_tx: SyncSender<Vec<u8>>,
+) -> Result<u64> {
+    let mut bytes = 0u64;
+    for _ in 0..chunks.len() {
+        let (i, data) = full_rx
+            .recv()
+            .map_err(|_| PluginError::Copy(format!("image reader for {image} stopped")))??;
+        let c = &chunks[i];
+        engine.write(buffers[c.buffer].fd.as_fd(), c.write_offset, &data)?;
+        bytes += data.len() as u64;
+        // The reader may already have stopped after its last chunk.
+        let _ = free_tx.send(data);
+    }
+    Ok(bytes)
 }
 
 fn read_chunks(
