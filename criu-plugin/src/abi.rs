@@ -109,7 +109,11 @@ fn guard(hook: &'static str, f: impl FnOnce() -> Result<c_int>) -> c_int {
             -e.errno()
         }
         Err(panic) => {
-            tracing::error!(hook, "panic in plugin, failing the hook with -EIO: {}", panic_text(&*panic));
+            tracing::error!(
+                hook,
+                "panic in plugin, failing the hook with -EIO: {}",
+                panic_text(&*panic)
+            );
             -libc::EIO
         }
     }
@@ -144,7 +148,11 @@ extern "C" fn plugin_init(stage: c_int) -> c_int {
 
 extern "C" fn plugin_exit(stage: c_int, ret: c_int) {
     if let Err(panic) = catch_unwind(|| state::fini(Stage::from_raw(stage), ret)) {
-        tracing::error!(hook = "exit", "panic in plugin exit: {}", panic_text(&*panic));
+        tracing::error!(
+            hook = "exit",
+            "panic in plugin exit: {}",
+            panic_text(&*panic)
+        );
     }
 }
 
@@ -199,7 +207,9 @@ extern "C" fn update_vma_map(
             return Ok(-libc::ENOTSUP);
         }
         // SAFETY: CRIU passes a NUL-terminated path valid for the hook's duration.
-        let path = unsafe { CStr::from_ptr(path) }.to_string_lossy().into_owned();
+        let path = unsafe { CStr::from_ptr(path) }
+            .to_string_lossy()
+            .into_owned();
         match state::update_vma_map(&path, addr, old_pgoff)? {
             None => Ok(0),
             Some(update) => {

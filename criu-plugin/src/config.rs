@@ -80,9 +80,10 @@ impl Config {
             c.chunk_size = n as usize;
         }
         if let Some(v) = get("FERRY_WORKERS") {
-            c.workers = v.trim().parse().map_err(|_| {
-                PluginError::invalid(format!("FERRY_WORKERS={v} is not a number"))
-            })?;
+            c.workers = v
+                .trim()
+                .parse()
+                .map_err(|_| PluginError::invalid(format!("FERRY_WORKERS={v} is not a number")))?;
         }
         if let Some(v) = get("FERRY_IO_TIMEOUT") {
             let s: u64 = v.trim().parse().map_err(|_| {
@@ -188,7 +189,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable() {
         let e = cfg(&[("FERRY_PARALLEL_RESTORE", "maybe")]).unwrap_err();
-        assert!(e.to_string().contains("FERRY_PARALLEL_RESTORE=maybe"), "{e}");
+        assert!(
+            e.to_string().contains("FERRY_PARALLEL_RESTORE=maybe"),
+            "{e}"
+        );
         let e = cfg(&[("FERRY_CHUNK_SIZE", "1")]).unwrap_err();
         assert!(e.to_string().contains("out of range"), "{e}");
         assert!(parse_size("X", "99999999999G").is_err());

@@ -62,8 +62,13 @@ impl Host {
     pub fn open_image(&self, name: &str) -> Result<File> {
         Self::check_name(name)?;
         let dir = self.dir_fd()?;
-        let fd = rustix::fs::openat(dir.as_fd(), name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| PluginError::io(format!("open image {name}"), e.into()))?;
+        let fd = rustix::fs::openat(
+            dir.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| PluginError::io(format!("open image {name}"), e.into()))?;
         Ok(File::from(fd))
     }
 
@@ -108,7 +113,8 @@ impl Host {
             Mode::from_raw_mode(0o644),
         )
         .map_err(|e| PluginError::io(format!("create {tmp}"), e.into()))?;
-        rustix::io::write(&fd, bytes).map_err(|e| PluginError::io(format!("write {tmp}"), e.into()))?;
+        rustix::io::write(&fd, bytes)
+            .map_err(|e| PluginError::io(format!("write {tmp}"), e.into()))?;
         rustix::fs::renameat(dir.as_fd(), &tmp, dir.as_fd(), name)
             .map_err(|e| PluginError::io(format!("rename {tmp}"), e.into()))
     }

@@ -96,10 +96,10 @@ impl PluginState {
     }
 
     fn mark_claimed(&self, b: &dyn Backend) {
-        if let Ok(mut s) = self.stats.lock() {
-            if s.vendor == GpuVendor::None {
-                s.vendor = b.vendor();
-            }
+        if let Ok(mut s) = self.stats.lock()
+            && s.vendor == GpuVendor::None
+        {
+            s.vendor = b.vendor();
         }
         if self.stage != Stage::Restore && !self.inventory_added.swap(true, Ordering::SeqCst) {
             self.host.add_inventory();
@@ -191,7 +191,9 @@ fn with_state<T>(default: T, f: impl FnOnce(&PluginState) -> Result<T>) -> Resul
 }
 
 pub fn dump_file(fd: BorrowedFd<'_>, id: u32) -> Result<Claim> {
-    with_state(Claim::NotMine, |s| s.first_claim(|b, cx| b.dump_file(cx, fd, id)))
+    with_state(Claim::NotMine, |s| {
+        s.first_claim(|b, cx| b.dump_file(cx, fd, id))
+    })
 }
 
 pub fn handle_device_vma(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<Claim> {
@@ -201,7 +203,9 @@ pub fn handle_device_vma(fd: BorrowedFd<'_>, st: &libc::stat) -> Result<Claim> {
 }
 
 pub fn pause_devices(pid: i32) -> Result<Claim> {
-    with_state(Claim::NotMine, |s| s.first_claim(|b, cx| b.pause_devices(cx, pid)))
+    with_state(Claim::NotMine, |s| {
+        s.first_claim(|b, cx| b.pause_devices(cx, pid))
+    })
 }
 
 pub fn checkpoint_devices(pid: i32) -> Result<Claim> {
@@ -273,7 +277,10 @@ pub fn resume_devices_late(pid: i32) -> Result<Claim> {
     if let Err(e) = state.engine.join_for(&state, pid) {
         // CRIU only logs errors from this hook, and the task is still stopped under ptrace:
         // killing it makes CRIU's final detach fail, so the restore really fails.
-        tracing::error!(pid, "device memory was not restored, killing the task to fail the restore");
+        tracing::error!(
+            pid,
+            "device memory was not restored, killing the task to fail the restore"
+        );
         let _ = rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid).ok_or_else(|| PluginError::invalid("pid 0"))?,
             rustix::process::Signal::KILL,
