@@ -16,6 +16,9 @@ use crate::error::{PluginError, Result};
 pub struct Host {
     exports: &'static CriuExports,
     images_dir: Option<PathBuf>,
+    /// A copy of CRIU's image-dir fd taken in `init`: CRIU closes its own before the plugins'
+    /// `fini` on restore, and the stats file is written there.
+    dir_copy: Option<OwnedFd>,
     /// Harness fallback for the fdstore: fds kept open here are inherited by forked children.
     kept: Mutex<Vec<OwnedFd>>,
 }
@@ -27,6 +30,9 @@ impl Host {
             exports: criu(),
             images_dir,
             kept: Mutex::new(Vec::new()),
+            dir_copy: criu()
+                .image_dir()
+                .and_then(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).ok()),
         }
     }
 
@@ -47,6 +53,9 @@ impl Host {
     fn dir_fd(&self) -> Result<DirFd<'_>> {
         if let Some(fd) = self.exports.image_dir() {
             return Ok(DirFd::Borrowed(fd));
+        }
+        if let Some(fd) = &self.dir_copy {
+            return Ok(DirFd::Borrowed(fd.as_fd()));
         }
         let Some(dir) = &self.images_dir else {
             return Err(PluginError::invalid(
