@@ -2,6 +2,7 @@
 //! recognises its own fds, VMAs and pids and answers [`Claim::NotMine`] for the rest, which
 //! CRIU reads as "ask the next plugin".
 
+pub mod nvidia;
 pub mod sim;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -137,5 +138,8 @@ pub trait Backend: Send + Sync {
 
 /// Every backend compiled in, in the order hooks try them.
 pub fn all() -> Vec<Box<dyn Backend>> {
-    vec![Box::new(sim::SimBackend::default())]
+    vec![
+        Box::new(sim::SimBackend::default()),
+        Box::new(nvidia::NvidiaBackend::default()),
+    ]
 }
