@@ -481,6 +481,11 @@ impl Backend for NvidiaBackend {
                 })
                 .collect();
             let n = jobs.len();
+            tracing::info!(
+                hook = "CHECKPOINT_DEVICES",
+                processes = n,
+                "nvidia checkpoint batch starts"
+            );
             let t = Instant::now();
             let outcomes = a.run_jobs(jobs, &[], false);
             inner.gpu_phase_seconds = t.elapsed().as_secs_f64();
@@ -685,6 +690,13 @@ impl NvidiaBackend {
             jobs.push(Job { pid: *pid, ops });
         }
         let n = jobs.len();
+        if n > 0 {
+            tracing::info!(
+                hook = "RESUME_DEVICES_LATE",
+                processes = n,
+                "nvidia restore batch starts"
+            );
+        }
         let t = Instant::now();
         let outcomes = a.run_jobs(jobs, &pairs, false);
         let secs = t.elapsed().as_secs_f64();
