@@ -184,3 +184,84 @@ fn criu_stock_cuda_plugin_dumps_and_restores_through_the_shim() {
     }
     s.assert_running_and_intact(&kids);
 }
+
+#[test]
+fn the_hardware_check_runs_every_case_end_to_end_in_a_dry_run_and_never_passes() {
+    if let Some(why) = criu_skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if !Path::new(STOCK_CUDA_PLUGIN).exists() || !has("python3") {
+        eprintln!("skipped: {STOCK_CUDA_PLUGIN} (scripts/install-deps) or python3 missing");
+        return;
+    }
+    let _g = serial();
+    // nvidia-check waits for dumped processes to be reaped; other tests of this binary made it
+    // a subreaper that only reaps its own scenarios' pids, so orphans must go to init here.
+    rustix::process::set_child_subreaper(None).unwrap();
+    // A bundle as hw/bundle lays it out, from this build (debug plugin, installed criu).
+    let t = tempfile::tempdir().unwrap();
+    let b = t.path().join("bundle");
+    for d in ["bin", "lib", "plugins-ferry", "plugins-stock"] {
+        std::fs::create_dir_all(b.join(d)).unwrap();
+    }
+    let criu = Command::new("sh")
+        .args(["-c", "command -v criu"])
+        .output()
+        .unwrap();
+    let criu = String::from_utf8_lossy(&criu.stdout).trim().to_string();
+    std::os::unix::fs::symlink(&criu, b.join("bin/criu")).unwrap();
+    for f in [
+        "nvidia-check",
+        "gpu_workload.py",
+        "cuda_checkpoint.py",
+        "cuda-checkpoint",
+    ] {
+        std::os::unix::fs::symlink(format!("{HW}/{f}"), b.join("bin").join(f)).unwrap();
+    }
+    std::fs::copy(
+        support::plugin_so(),
+        b.join("plugins-ferry/libferry_criu_plugin.so"),
+    )
+    .unwrap();
+    std::fs::copy(STOCK_CUDA_PLUGIN, b.join("plugins-stock/cuda_plugin.so")).unwrap();
+    std::fs::write(b.join("VERSION"), "dry run\n").unwrap();
+    let out = t.path().join("out");
+    let o = Command::new("timeout")
+        .arg("300")
+        .arg(b.join("bin/nvidia-check"))
+        .arg(&b)
+        .arg(&out)
+        .env("NVIDIA_CHECK_DRY_RUN", "1")
+        .env("NVIDIA_CHECK_WORK", t.path().join("work"))
+        .env("PYTHONPATH", format!("{}/fake_torch", support::FIXTURES))
+        .env_remove("FERRY_CUDA_LIB")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(78), "{text}");
+    let md = std::fs::read_to_string(out.join("nvidia-check.md")).unwrap();
+    for case in [
+        "2g-ferry",
+        "2g-stock",
+        "2x2g-ferry",
+        "2x2g-stock",
+        "8g-ferry",
+        "8g-stock",
+    ] {
+        let row = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {case} |")))
+            .unwrap();
+        assert!(row.ends_with("| yes |"), "{row}\n{text}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("nvidia-check.json")).unwrap())
+            .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 6);
+    assert!(out.join("logs/2x2g-ferry/dump.log").exists());
+}
