@@ -407,3 +407,16 @@ pub fn restore_sigmask(old: &SigMask) {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old.0, std::ptr::null_mut());
     }
 }
+
+/// Calls CRIU's `set_compel_interrupt_only_mode()` (seize.c, exported to plugins; CRIU's cuda
+/// plugin calls it in init): CRIU then stops tasks with ptrace interrupts even with
+/// `--freeze-cgroup`, so a plugin can let a single thread (the CUDA restore thread) run while
+/// the rest of the tree stays stopped. Returns false outside CRIU.
+pub fn set_compel_interrupt_only_mode() -> bool {
+    let Some(f) = resolve!(c"set_compel_interrupt_only_mode", unsafe extern "C" fn()) else {
+        return false;
+    };
+    // SAFETY: the function takes no arguments and only sets a static flag in CRIU.
+    unsafe { f() };
+    true
+}

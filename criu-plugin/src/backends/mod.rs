@@ -3,6 +3,7 @@
 //! CRIU reads as "ask the next plugin".
 
 pub mod amdgpu;
+pub mod nvidia;
 pub mod sim;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -141,5 +142,6 @@ pub fn all() -> Vec<Box<dyn Backend>> {
     vec![
         Box::new(sim::SimBackend::default()),
         Box::new(amdgpu::AmdgpuBackend::from_env()),
+        Box::new(nvidia::NvidiaBackend::default()),
     ]
 }
