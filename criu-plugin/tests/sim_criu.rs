@@ -24,6 +24,12 @@ fn dump_workload(args: &[&str]) -> Checkpointed {
     let libdir = plugin_libdir(env.dir.path());
     let mut workload = Workload::start(&env, args);
     let before = workload.verify();
+    // Other tasks of the tree (from --procs): their pids must be free again before restore.
+    let others: Vec<i32> = (1..8)
+        .map(|i| std::path::PathBuf::from(format!("{}.child{i}", workload.status.display())))
+        .filter(|p| p.exists())
+        .map(|p| verify_at(&p).pid as i32)
+        .collect();
     assert!(before.host_ok && before.devices_ok.iter().all(|ok| *ok));
     let run = dump(workload.pid, &env.images(), &libdir, &env.env(), &[]);
     assert!(run.ok, "criu dump failed:\n{}", run.log);
@@ -33,6 +39,16 @@ fn dump_workload(args: &[&str]) -> Checkpointed {
         ferry_lines(&run.log).join("\n")
     );
     workload.reap();
+    // Orphaned tasks of the tree are reaped by init; wait until their pids are free.
+    wait_for(
+        "dumped tasks to be reaped",
+        std::time::Duration::from_secs(30),
+        || {
+            others
+                .iter()
+                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        },
+    );
     env.wipe_devices();
     Checkpointed {
         env,
@@ -54,7 +70,11 @@ fn restore_and_check(c: &Checkpointed, parallel: bool, devices: usize) -> Plugin
     let s = verify_at(&c.workload.status);
     assert_eq!(s.pid as i32, c.workload.pid);
     assert!(s.host_ok, "host memory differs after restore");
-    assert_eq!(s.devices_ok, vec![true; devices], "device memory differs after restore");
+    assert_eq!(
+        s.devices_ok,
+        vec![true; devices],
+        "device memory differs after restore"
+    );
     assert!(
         s.counter >= c.counter_at_dump,
         "the step counter went back: {} < {}",
@@ -71,9 +91,16 @@ fn restore_and_check(c: &Checkpointed, parallel: bool, devices: usize) -> Plugin
     // task, RESUME_DEVICES_LATE (9) in main.
     let hook = |n: u32| run.log.find(&format!("plugin: `ferry' hook {n} ->"));
     let (post, ext, resume) = (hook(12), hook(3), hook(9));
-    assert!(post.is_some() && ext.is_some() && resume.is_some(), "hooks missing:\n{}", run.log);
+    assert!(
+        post.is_some() && ext.is_some() && resume.is_some(),
+        "hooks missing:\n{}",
+        run.log
+    );
     assert!(post < resume && ext < resume, "hooks out of order");
-    let handed = run.log.matches("copy plan handed to the main CRIU process").count();
+    let handed = run
+        .log
+        .matches("copy plan handed to the main CRIU process")
+        .count();
     assert_eq!(handed, if parallel { devices } else { 0 }, "{}", run.log);
     let stats = PluginStats::from_json(
         &std::fs::read_to_string(c.env.images().join(ferry_api::stats::RESTORE_STATS_FILE))
@@ -90,7 +117,12 @@ fn restore_and_check(c: &Checkpointed, parallel: bool, devices: usize) -> Plugin
     );
     assert_eq!(stats.vendor.as_str(), "sim");
     assert_eq!(stats.devices.len(), devices);
-    assert!(stats.devices.iter().all(|d| d.bytes == 8 << 20 && d.copy_seconds > 0.0));
+    assert!(
+        stats
+            .devices
+            .iter()
+            .all(|d| d.bytes == 8 << 20 && d.copy_seconds > 0.0)
+    );
     stats
 }
 
@@ -144,14 +176,26 @@ fn a_process_tree_restores_every_task_devices_in_parallel() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = dump_workload(&[
-        "--devices", "1", "--device-mib", "8", "--host-mib", "8", "--procs", "3",
+        "--devices",
+        "1",
+        "--device-mib",
+        "8",
+        "--host-mib",
+        "8",
+        "--procs",
+        "3",
     ]);
     let mut env = c.env.env();
     env.push(("FERRY_PARALLEL_RESTORE".into(), "1".into()));
     let run = restore(&c.env.images(), &c.libdir, &env);
     assert!(run.ok, "criu restore failed:\n{}", run.log);
     // Each task sends its own plan; RESUME_DEVICES_LATE runs once per task.
-    assert_eq!(run.log.matches("copy plan handed to the main CRIU process").count(), 3);
+    assert_eq!(
+        run.log
+            .matches("copy plan handed to the main CRIU process")
+            .count(),
+        3
+    );
     assert_eq!(run.log.matches("plugin: `ferry' hook 9 ->").count(), 3);
     let root = verify_at(&c.workload.status);
     assert!(root.host_ok && root.devices_ok == vec![true]);
@@ -191,8 +235,15 @@ fn failed_restore(c: &Checkpointed, extra: &[(&str, &str)], expect: &str) {
     );
     assert!(run.wall.as_secs() < 60, "failure took {:?}", run.wall);
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(!alive(c.workload.pid), "a half-restored task is still running");
-    assert_eq!(before, image_fingerprint(&c.env.images()), "the image changed");
+    assert!(
+        !alive(c.workload.pid),
+        "a half-restored task is still running"
+    );
+    assert_eq!(
+        before,
+        image_fingerprint(&c.env.images()),
+        "the image changed"
+    );
 }
 
 #[test]
@@ -204,7 +255,10 @@ fn a_copy_error_in_the_main_process_fails_the_restore() {
     let c = dump_workload(&["--devices", "1", "--device-mib", "32", "--host-mib", "8"]);
     failed_restore(
         &c,
-        &[("FERRY_TEST_FAULT", "copy-error"), ("FERRY_CHUNK_SIZE", "1M")],
+        &[
+            ("FERRY_TEST_FAULT", "copy-error"),
+            ("FERRY_CHUNK_SIZE", "1M"),
+        ],
         "killing the task to fail the restore",
     );
 }
@@ -219,11 +273,23 @@ fn a_truncated_pages_image_fails_the_restore_with_both_sizes() {
     let pages = std::fs::read_dir(c.env.images())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("sim-pages-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("sim-pages-")
+        })
         .unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&pages).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap();
     f.set_len(4096).unwrap();
-    failed_restore(&c, &[], "is truncated: its header says 8388608 payload bytes");
+    failed_restore(
+        &c,
+        &[],
+        "is truncated: its header says 8388608 payload bytes",
+    );
 }
 
 #[test]
@@ -235,7 +301,11 @@ fn a_missing_pages_image_fails_the_restore() {
     let c = dump_workload(&["--devices", "1", "--device-mib", "8", "--host-mib", "8"]);
     for e in std::fs::read_dir(c.env.images()).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with("sim-pages-") {
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("sim-pages-")
+        {
             std::fs::remove_file(p).unwrap();
         }
     }
@@ -277,5 +347,9 @@ fn a_restore_without_the_plugin_is_refused_by_the_inventory() {
     std::fs::create_dir_all(&empty).unwrap();
     let run = restore(&c.env.images(), &empty, &c.env.env());
     assert!(!run.ok);
-    assert!(run.log.contains("ferry"), "CRIU should name the missing plugin:\n{}", run.log);
+    assert!(
+        run.log.contains("ferry"),
+        "CRIU should name the missing plugin:\n{}",
+        run.log
+    );
 }

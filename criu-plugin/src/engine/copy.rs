@@ -82,7 +82,9 @@ pub fn copy_device(
         let chunks = &chunks;
         std::thread::Builder::new()
             .name("ferry-read".into())
-            .spawn_scoped(s, move || read_chunks(pages, image, chunks, free_rx, full_tx))
+            .spawn_scoped(s, move || {
+                read_chunks(pages, image, chunks, free_rx, full_tx)
+            })
             .map_err(|e| PluginError::io("spawn the image reader thread", e))?;
         // Owns the channel ends, so on any error they drop before the scope joins the
         // reader, which then sees a closed channel and stops instead of blocking forever.

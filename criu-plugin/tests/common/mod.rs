@@ -39,10 +39,14 @@ pub fn plugin_libdir(root: &Path) -> PathBuf {
 }
 
 pub fn criu() -> Option<PathBuf> {
-    ["/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/local/bin/criu"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/local/sbin/criu",
+        "/usr/sbin/criu",
+        "/usr/local/bin/criu",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// Why a real-CRIU test cannot run here, if it cannot.
@@ -143,7 +147,9 @@ impl Workload {
             status,
             child: Some(child),
         };
-        wait_for("workload ready", Duration::from_secs(60), || w.status.exists());
+        wait_for("workload ready", Duration::from_secs(60), || {
+            w.status.exists()
+        });
         w
     }
 
@@ -167,8 +173,7 @@ pub fn verify_at(status: &Path) -> Status {
     let trigger = PathBuf::from(format!("{}.verify", status.display()));
     std::fs::write(&trigger, b"").unwrap();
     wait_for("workload verify", Duration::from_secs(60), || {
-        !trigger.exists()
-            && std::fs::metadata(status).and_then(|m| m.modified()).ok() != before
+        !trigger.exists() && std::fs::metadata(status).and_then(|m| m.modified()).ok() != before
     });
     serde_json::from_slice(&std::fs::read(status).unwrap()).unwrap()
 }
@@ -240,7 +245,13 @@ pub fn run_criu(args: &[&str], env: &[(String, String)], log: &Path) -> Run {
     }
 }
 
-pub fn dump(pid: i32, images: &Path, libdir: &Path, env: &[(String, String)], extra: &[&str]) -> Run {
+pub fn dump(
+    pid: i32,
+    images: &Path,
+    libdir: &Path,
+    env: &[(String, String)],
+    extra: &[&str],
+) -> Run {
     let mut args = vec![
         "dump".to_string(),
         "-t".into(),
@@ -262,7 +273,17 @@ pub fn restore(images: &Path, libdir: &Path, env: &[(String, String)]) -> Run {
     let img = images.display().to_string();
     let lib = libdir.display().to_string();
     run_criu(
-        &["restore", "-D", &img, "-o", "restore.log", "-v4", "-L", &lib, "-d"],
+        &[
+            "restore",
+            "-D",
+            &img,
+            "-o",
+            "restore.log",
+            "-v4",
+            "-L",
+            &lib,
+            "-d",
+        ],
         env,
         &images.join("restore.log"),
     )

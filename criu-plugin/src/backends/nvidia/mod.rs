@@ -367,7 +367,11 @@ impl Backend for NvidiaBackend {
             image,
             ..Inner::default()
         };
-        if cx.stage == Stage::Dump {
+        // cuInit runs here, in init, for restores too: at RESUME_DEVICES_LATE the restored
+        // tasks are stopped under CRIU's ptrace and CRIU's SIGCHLD handler is armed, and a
+        // first cuInit there never returned on an H200 (driver 580). The driver's fds opened
+        // now are closed in the restored tasks by CRIU, which closes every fd not in the image.
+        if cx.stage == Stage::Dump || cx.stage == Stage::Restore {
             if let Err(e) = driver.init() {
                 tracing::info!("nvidia backend disabled: {e}");
                 return Ok(false);
@@ -381,7 +385,9 @@ impl Backend for NvidiaBackend {
             }
             // Like CRIU's cuda plugin: the restore threads must stay resumable, so CRIU must
             // stop tasks with ptrace interrupts, not only with the cgroup freezer.
-            crate::abi::set_compel_interrupt_only_mode();
+            if cx.stage == Stage::Dump {
+                crate::abi::set_compel_interrupt_only_mode();
+            }
         }
         tracing::info!(
             lib = %cfg.lib.display(),
@@ -608,6 +614,11 @@ impl NvidiaBackend {
             ));
             return;
         }
+        tracing::info!(
+            hook = "RESUME_DEVICES_LATE",
+            root,
+            "nvidia restore: driver initialised, finding CUDA tasks"
+        );
         let first = inner.results.is_empty();
         let cuda: Vec<i32> = tree_pids(root)
             .into_iter()
@@ -662,31 +673,19 @@ impl NvidiaBackend {
                 );
             }
         }
+        tracing::info!(
+            hook = "RESUME_DEVICES_LATE",
+            processes = cuda.len(),
+            pairs = pairs.len(),
+            "nvidia restore: CUDA tasks found"
+        );
         let mut jobs = Vec::new();
         for pid in &cuda {
-            let ops = match driver.state(*pid) {
-                Ok(ProcessState::Checkpointed) => vec![Op::Restore, Op::Unlock],
-                Ok(ProcessState::Locked) => vec![Op::Unlock],
-                Ok(ProcessState::Running) => {
-                    inner.results.insert(*pid, Ok(()));
-                    continue;
-                }
-                Ok(ProcessState::Failed) => {
-                    inner.results.insert(
-                        *pid,
-                        Err(format!(
-                            "CUDA process {pid} is in the FAILED checkpoint state"
-                        )),
-                    );
-                    kill(*pid);
-                    continue;
-                }
-                Err(e) => {
-                    inner.results.insert(*pid, Err(e.to_string()));
-                    kill(*pid);
-                    continue;
-                }
-            };
+            // No cuCheckpointProcessGetState here: it waits for the task's restore thread,
+            // which CRIU holds stopped until `run_jobs` resumes it, so on an H200 (driver
+            // 580) the call never returned. Every CUDA task in a finished dump was
+            // checkpointed by CHECKPOINT_DEVICES, so restore and unlock it.
+            let ops = vec![Op::Restore, Op::Unlock];
             jobs.push(Job { pid: *pid, ops });
         }
         let n = jobs.len();
