@@ -22,24 +22,17 @@ fn criu() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
-/// Builds the cdylib as it is now. `cargo test` compiles the library only as an rlib for
-/// integration tests, so `target/debug/libferry_criu_plugin.so` may be stale; a separate
-/// target dir avoids waiting on the outer cargo's build lock.
+/// The cdylib as it is now.
 fn plugin_so() -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("amdgpu-cdylib");
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "--offline", "--lib", "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .output()
-        .unwrap();
+    // `cargo test` builds the cdylib fresh into deps/, beside this test binary.
+    let exe = std::env::current_exe().unwrap();
+    let so = exe.parent().unwrap().join("libferry_criu_plugin.so");
     assert!(
-        out.status.success(),
-        "cargo build of the plugin failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        so.exists(),
+        "{} missing: run through `cargo test`",
+        so.display()
     );
-    target.join("debug").join("libferry_criu_plugin.so")
+    so
 }
 
 fn skip_reason() -> Option<String> {

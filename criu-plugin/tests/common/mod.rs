@@ -7,11 +7,18 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// `cargo test` builds this crate's lib only as an rlib, so build the cdylib once into a
-/// separate target dir (the outer cargo holds the main one's lock while tests run).
+/// The plugin cdylib. `cargo test` builds it fresh into `deps/` beside the test binaries (it
+/// does not copy it up to `target/<profile>/`, which may hold a stale one). If it is missing,
+/// build it into a separate target dir (the outer cargo holds the main one's lock).
 pub fn plugin_so() -> PathBuf {
     static SO: OnceLock<PathBuf> = OnceLock::new();
     SO.get_or_init(|| {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("libferry_criu_plugin.so")));
+        if let Some(p) = beside.filter(|p| p.exists()) {
+            return p;
+        }
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cdylib");
         let out = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "--lib", "--manifest-path"])
