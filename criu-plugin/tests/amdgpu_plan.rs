@@ -171,3 +171,92 @@ fn mappings_of_contents_doorbell_and_mmio_bos_move_to_the_restored_offsets() {
     );
     assert_eq!(moves[1].actual_gpu_id, 0x2222);
 }
+
+/// A pwrite copy engine: the memfd stand-in for SDMA into a dma-buf.
+struct MemfdEngine;
+
+impl ferry_criu_plugin::backends::CopyEngine for MemfdEngine {
+    fn write(
+        &mut self,
+        dst: std::os::fd::BorrowedFd<'_>,
+        offset: u64,
+        bytes: &[u8],
+    ) -> ferry_criu_plugin::Result<()> {
+        let mut done = 0;
+        while done < bytes.len() {
+            done += rustix::io::pwrite(dst, &bytes[done..], offset + done as u64)?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_two_gpu_plan_crosses_the_restore_socket_and_fills_each_memfd_from_its_gpus_pages_image() {
+    use ferry_criu_plugin::engine::{copy, fdpass, images, protocol};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+
+    let bos = vec![
+        bo(0xaaaa, 0x1000, VRAM),
+        bo(0xbbbb, 0x1000, VRAM),
+        bo(0xaaaa, 0x3000, GTT),
+        bo(0xbbbb, 0x2000, GTT),
+    ];
+    let fds = (0..bos.len())
+        .map(|_| {
+            Some(rustix::fs::memfd_create("bo", rustix::fs::MemfdFlags::CLOEXEC).unwrap())
+        })
+        .collect();
+    let plan = copy_plan_for(7, 4242, &bos, &targets(), fds).unwrap();
+
+    // Each GPU's pages image: its BOs' bytes back to back, byte value = GPU tag + BO index.
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for (d, dev) in plan.devices.iter().enumerate() {
+        let mut payload = Vec::new();
+        for (i, b) in plan.buffers.iter().enumerate().filter(|(_, b)| b.device as usize == d) {
+            assert_eq!(b.read_offset, payload.len() as u64, "per-GPU offsets");
+            let byte = (0x10 * (d + 1) + i) as u8;
+            payload.extend(std::iter::repeat_n(byte, b.size as usize));
+            expected.push((i, byte, b.size));
+        }
+        let mut f = std::fs::File::create(dir.path().join(&dev.pages_image)).unwrap();
+        images::write_sized(&mut f, &dev.pages_image, &payload).unwrap();
+    }
+
+    // Send it the way a restored task does: header, payload, fds in a batch; decode it on
+    // the other end of a real socketpair.
+    let (a, b) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let (header, payload) = protocol::encode_plan(&plan).unwrap();
+    fdpass::send(a.as_fd(), &header.encode(), &[]).unwrap();
+    fdpass::send(a.as_fd(), &payload, &[]).unwrap();
+    let fds: Vec<_> = plan.buffers.iter().map(|b| b.fd.as_fd()).collect();
+    fdpass::send(a.as_fd(), b"FRYF\x04\x00\x00\x00", &fds).unwrap();
+    let mut h = [0u8; protocol::HEADER_LEN];
+    fdpass::recv_exact(b.as_fd(), &mut h, "header").unwrap();
+    let h = protocol::Header::decode(&h).unwrap();
+    let mut p = vec![0u8; h.payload_len as usize];
+    fdpass::recv_exact(b.as_fd(), &mut p, "payload").unwrap();
+    let mut batch = [0u8; 8];
+    let got = fdpass::recv_exact(b.as_fd(), &mut batch, "fds").unwrap();
+    let received = protocol::decode_plan(&h, &p, got).unwrap();
+
+    for (d, dev) in received.devices.iter().enumerate() {
+        let pages = std::fs::File::open(dir.path().join(&dev.pages_image)).unwrap();
+        let bufs: Vec<_> = received.buffers.iter().filter(|b| b.device as usize == d).collect();
+        copy::copy_device(&pages, &dev.pages_image, &bufs, &mut MemfdEngine, 0x800).unwrap();
+    }
+    // The receiver's fds are dups of the sender's memfds: read the results through the plan.
+    for (i, byte, size) in expected {
+        let f = std::fs::File::from(plan.buffers[i].fd.try_clone().unwrap());
+        let mut v = vec![0u8; size as usize];
+        f.read_exact_at(&mut v, 0).unwrap();
+        assert!(v.iter().all(|x| *x == byte), "buffer {i} should hold {byte:#x}");
+    }
+}

@@ -220,7 +220,7 @@ impl Bench {
                 .as_array()
                 .is_some_and(|a| a.iter().all(|x| *x == true));
         if let Some(pid) = v["pid"].as_i64() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            kill_and_wait(pid)?;
         }
         ensure!(intact, "restored workload failed its memory check: {v}");
         let device = stats.gpu_phase_seconds;
@@ -237,6 +237,18 @@ impl Bench {
             resume_wait: stats.resume_wait_seconds,
         })
     }
+}
+
+/// Kills a restored workload and waits until its pid is free (init reaps it), since the
+/// next restore must recreate the same pid.
+fn kill_and_wait(pid: i64) -> Result<()> {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        ensure!(t.elapsed() < Duration::from_secs(30), "pid {pid} was not reaped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 fn median(mut v: Vec<Sample>, key: impl Fn(&Sample) -> f64) -> Sample {
