@@ -203,9 +203,7 @@ fn a_two_gpu_plan_crosses_the_restore_socket_and_fills_each_memfd_from_its_gpus_
         bo(0xbbbb, 0x2000, GTT),
     ];
     let fds = (0..bos.len())
-        .map(|_| {
-            Some(rustix::fs::memfd_create("bo", rustix::fs::MemfdFlags::CLOEXEC).unwrap())
-        })
+        .map(|_| Some(rustix::fs::memfd_create("bo", rustix::fs::MemfdFlags::CLOEXEC).unwrap()))
         .collect();
     let plan = copy_plan_for(7, 4242, &bos, &targets(), fds).unwrap();
 
@@ -214,7 +212,12 @@ fn a_two_gpu_plan_crosses_the_restore_socket_and_fills_each_memfd_from_its_gpus_
     let mut expected = Vec::new();
     for (d, dev) in plan.devices.iter().enumerate() {
         let mut payload = Vec::new();
-        for (i, b) in plan.buffers.iter().enumerate().filter(|(_, b)| b.device as usize == d) {
+        for (i, b) in plan
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.device as usize == d)
+        {
             assert_eq!(b.read_offset, payload.len() as u64, "per-GPU offsets");
             let byte = (0x10 * (d + 1) + i) as u8;
             payload.extend(std::iter::repeat_n(byte, b.size as usize));
@@ -249,7 +252,11 @@ fn a_two_gpu_plan_crosses_the_restore_socket_and_fills_each_memfd_from_its_gpus_
 
     for (d, dev) in received.devices.iter().enumerate() {
         let pages = std::fs::File::open(dir.path().join(&dev.pages_image)).unwrap();
-        let bufs: Vec<_> = received.buffers.iter().filter(|b| b.device as usize == d).collect();
+        let bufs: Vec<_> = received
+            .buffers
+            .iter()
+            .filter(|b| b.device as usize == d)
+            .collect();
         copy::copy_device(&pages, &dev.pages_image, &bufs, &mut MemfdEngine, 0x800).unwrap();
     }
     // The receiver's fds are dups of the sender's memfds: read the results through the plan.
@@ -257,6 +264,9 @@ fn a_two_gpu_plan_crosses_the_restore_socket_and_fills_each_memfd_from_its_gpus_
         let f = std::fs::File::from(plan.buffers[i].fd.try_clone().unwrap());
         let mut v = vec![0u8; size as usize];
         f.read_exact_at(&mut v, 0).unwrap();
-        assert!(v.iter().all(|x| *x == byte), "buffer {i} should hold {byte:#x}");
+        assert!(
+            v.iter().all(|x| *x == byte),
+            "buffer {i} should hold {byte:#x}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! fallbacks stand in: `FERRY_IMAGES_DIR` for the image dir, fds inherited through fork for
 //! the fdstore). Real CRIU runs of the same paths are in `sim_criu.rs`.
 #![allow(unsafe_code)] // This file is a C host: dlopen'd function pointers and fork.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! `--libdir`: both restore modes, 1 and 3 devices, a process tree, and the failure paths.
 //! Needs root and the CRIU that `scripts/install-deps` builds; skips with the reason if not.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Mutex;

@@ -245,7 +245,10 @@ fn kill_and_wait(pid: i64) -> Result<()> {
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     let t = Instant::now();
     while Path::new(&format!("/proc/{pid}")).exists() {
-        ensure!(t.elapsed() < Duration::from_secs(30), "pid {pid} was not reaped");
+        ensure!(
+            t.elapsed() < Duration::from_secs(30),
+            "pid {pid} was not reaped"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())

@@ -205,10 +205,10 @@ impl RestoreEngine {
             // The worker drains what is queued, then exits; closing the pipe is the signal.
             drop(tx);
         }
-        if let Some(w) = inner.worker.take() {
-            if w.join().is_err() {
-                self.shared.error("the restore worker panicked".into());
-            }
+        if let Some(w) = inner.worker.take()
+            && w.join().is_err()
+        {
+            self.shared.error("the restore worker panicked".into());
         }
         loop {
             let batch: Vec<JoinHandle<()>> = match self.shared.handlers.lock() {

@@ -170,10 +170,10 @@ fn valid_name(s: &str) -> bool {
 /// Device numbers for sim nodes, from the first donor present.
 pub fn donor_rdev() -> Result<u64> {
     for d in DONORS {
-        if let Ok(m) = fs::metadata(d) {
-            if m.file_type().is_char_device() {
-                return Ok(m.rdev());
-            }
+        if let Ok(m) = fs::metadata(d)
+            && m.file_type().is_char_device()
+        {
+            return Ok(m.rdev());
         }
     }
     Err(PluginError::Device(format!(
