@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `FERRY_PARALLEL_RESTORE` | `1` | `0` copies device memory inside RESTORE_EXT_FILE (upstream's sequential order) |
 //! | `FERRY_CHUNK_SIZE` | `8M` | bytes per read/copy chunk of the pipelined copy (suffix K, M, G) |
-//! | `FERRY_WORKERS` | `0` (= one per device) | most device copies running at once in the main CRIU process |
+//! | `FERRY_WORKERS` | `0` (= one per device) | most device copies running at once (0: no bound) |
 //! | `FERRY_IO_TIMEOUT` | `60` | seconds a worker waits on the restore socket before failing the restore |
 //! | `FERRY_SIM_ROOT` | `/var/lib/ferry-sim` | sim backend: where simulated device handles live |
 //! | `FERRY_SIM_MEM` | `/dev/shm/ferry-sim` | sim backend: where simulated device memory lives |

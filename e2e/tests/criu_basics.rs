@@ -93,6 +93,22 @@ fn a_child_process_is_dumped_and_restored_with_its_counter() {
     let log = || std::fs::read_to_string(images.join("dump.log")).unwrap_or_default();
     assert!(dump.success(), "criu dump failed:\n{}", log());
     let _ = child.wait();
+    // Every task of the dumped tree (core-<pid>.img) must be gone — orphans are reaped by
+    // init — before the restore recreates the same pids.
+    let pids: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.strip_prefix("core-")?
+                .strip_suffix(".img")
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(!pids.is_empty());
+    wait_for("the dumped tasks to be reaped", || {
+        pids.iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+    });
     let at_dump = read();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(read(), at_dump, "the process kept running after the dump");

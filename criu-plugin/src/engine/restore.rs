@@ -53,6 +53,53 @@ pub trait Refill: Sync {
     fn refill(&self, cx: &Ctx<'_>, backend: &dyn Backend, plan: CopyPlan) -> Result<()>;
 }
 
+/// Bounds how many device copies run at once (`FERRY_WORKERS`; 0 = no bound).
+struct Slots {
+    limit: usize,
+    busy: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Slots {
+    fn new(limit: usize) -> Self {
+        Slots {
+            limit,
+            busy: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; the slot is returned when the guard drops.
+    fn acquire(&self) -> SlotGuard<'_> {
+        if self.limit > 0
+            && let Ok(mut busy) = self.busy.lock()
+        {
+            while *busy >= self.limit {
+                match self.freed.wait(busy) {
+                    Ok(b) => busy = b,
+                    Err(_) => return SlotGuard(None),
+                }
+            }
+            *busy += 1;
+            return SlotGuard(Some(self));
+        }
+        SlotGuard(None)
+    }
+}
+
+struct SlotGuard<'a>(Option<&'a Slots>);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0
+            && let Ok(mut busy) = s.busy.lock()
+        {
+            *busy -= 1;
+            s.freed.notify_one();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     handlers: Mutex<Vec<JoinHandle<()>>>,
@@ -109,6 +156,7 @@ struct Inner {
 /// The restore engine of one CRIU run.
 pub struct RestoreEngine {
     parallel: bool,
+    slots: Slots,
     chunk: usize,
     io_timeout: Duration,
     fault: Option<Fault>,
@@ -120,6 +168,7 @@ impl RestoreEngine {
     pub fn new(config: &Config) -> Self {
         RestoreEngine {
             parallel: config.parallel_restore,
+            slots: Slots::new(config.workers),
             chunk: config.chunk_size,
             io_timeout: config.io_timeout,
             fault: config.fault,
@@ -334,7 +383,7 @@ impl Refill for RestoreEngine {
             return Ok(());
         }
         // Sequential: copy here, in the restored task, before host memory is restored.
-        let stats = run_plan(cx, backend, &plan, self.chunk)?;
+        let stats = run_plan_with(cx, backend, &plan, self.chunk, &self.slots, &|_, _| {})?;
         let (header, payload) =
             protocol::encode_report(plan.backend, plan.ext_id, plan.pid, &stats)?;
         if let Err(e) = self.send(cx.host, header, &payload, &[]) {
@@ -345,21 +394,14 @@ impl Refill for RestoreEngine {
     }
 }
 
-/// Copies every device of a plan, one thread per device.
-fn run_plan(
-    cx: &Ctx<'_>,
-    backend: &dyn Backend,
-    plan: &CopyPlan,
-    chunk: usize,
-) -> Result<Vec<DeviceStats>> {
-    run_plan_with(cx, backend, plan, chunk, &|_, _| {})
-}
-
+/// Copies every device of a plan, one thread per device, at most `slots.limit` at once
+/// across all plans.
 fn run_plan_with(
     cx: &Ctx<'_>,
     backend: &dyn Backend,
     plan: &CopyPlan,
     chunk: usize,
+    slots: &Slots,
     on_done: &(dyn Fn(&str, &CopyOutcome) + Sync),
 ) -> Result<Vec<DeviceStats>> {
     let results: Vec<Result<DeviceStats>> = std::thread::scope(|s| {
@@ -371,6 +413,7 @@ fn run_plan_with(
                 std::thread::Builder::new()
                     .name(format!("ferry-copy-{}", dev.label))
                     .spawn_scoped(s, move || -> Result<DeviceStats> {
+                        let _slot = slots.acquire();
                         let buffers: Vec<_> = plan
                             .buffers
                             .iter()
@@ -554,10 +597,50 @@ fn handle_channel(state: &PluginState, channel: OwnedFd) -> Result<()> {
             let backend = state.backend(plan.backend)?;
             let cx = state.ctx();
             let shared = &engine.shared;
-            run_plan_with(&cx, backend, &plan, engine.chunk, &|label, out| {
-                shared.record(plan.pid, label, out)
-            })?;
+            run_plan_with(
+                &cx,
+                backend,
+                &plan,
+                engine.chunk,
+                &engine.slots,
+                &|label, out| shared.record(plan.pid, label, out),
+            )?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn ferry_workers_bounds_concurrent_device_copies() {
+        let slots = Slots::new(2);
+        let now = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    let _g = slots.acquire();
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(n, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(30));
+                    now.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+        assert_eq!(*slots.busy.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn zero_workers_means_no_bound() {
+        let slots = Slots::new(0);
+        let a = slots.acquire();
+        let b = slots.acquire();
+        let c = slots.acquire();
+        assert!(a.0.is_none() && b.0.is_none() && c.0.is_none());
     }
 }
