@@ -10,7 +10,7 @@ fn criu() -> PathBuf {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
-        .expect("criu is not installed: run scripts/install-deps (as root)")
+        .unwrap_or_else(|| panic!("criu is not installed: run scripts/install-deps (as root)"))
 }
 
 fn root() -> bool {
@@ -24,7 +24,10 @@ fn root() -> bool {
 fn wait_for(what: &str, f: impl Fn() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -36,12 +39,16 @@ fn criu_check_passes_on_this_machine() {
         return;
     }
     let out = Command::new(criu()).arg("check").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "criu check failed:\n{text}");
     assert!(text.contains("Looks good"), "{text}");
     let v = Command::new(criu()).arg("--version").output().unwrap();
     let v = String::from_utf8_lossy(&v.stdout).to_string();
-    let ver = v.lines().find_map(|l| l.strip_prefix("Version: ")).unwrap_or("0");
+    let ver = v
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .unwrap_or("0");
     let mut parts = ver.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     assert!((major, minor) >= (4, 2), "criu {ver} is older than 4.2");
