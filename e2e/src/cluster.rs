@@ -3,6 +3,7 @@
 //! with a generated PKI, ferry's CRDs applied, torn down on drop.
 
 use std::collections::HashSet;
+use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::binaries::Binaries;
 use crate::error::{Error, IoContext, Result};
-use crate::pki::{Pki, SERVICE_CLUSTER_IP_RANGE, User};
+use crate::pki::{FRONT_PROXY_CLIENT, Pki, SERVICE_CLUSTER_IP_RANGE, User};
 use crate::process::Process;
 use crate::workspace_root;
 
@@ -23,6 +24,12 @@ pub const KWOK_NODE_LABEL: &str = "ferry.dev/e2e-kwok";
 /// The taint on kwok nodes (`kwok.x-k8s.io/node=fake:NoSchedule`): only pods that tolerate it
 /// land there, so nothing meant for a real node is "run" by kwok by mistake.
 pub const KWOK_NODE_TAINT: &str = "kwok.x-k8s.io/node";
+
+/// The file in a cluster directory that holds the test process's pid, so that a later start
+/// can remove the directories of test processes that were killed before they could.
+const OWNER_FILE: &str = "owner.pid";
+/// The prefix of cluster directories in the temporary directory.
+const DIR_PREFIX: &str = "ferry-e2e-";
 
 /// How long the API server gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -96,11 +103,15 @@ impl Cluster {
     pub fn start(options: Options) -> Result<Self> {
         let began = Instant::now();
         let binaries = Binaries::locate()?;
+        remove_stale_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("ferry-e2e-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .io_context("creating the cluster directory", std::env::temp_dir())?;
         let root = dir.path().to_path_buf();
+        let owner = root.join(OWNER_FILE);
+        fs::write(&owner, std::process::id().to_string())
+            .io_context("writing the cluster's owner file", &owner)?;
         let pki = Pki::generate(&root.join("pki"))?;
 
         let ports = reserve_ports::<6>()?;
@@ -130,13 +141,13 @@ impl Cluster {
 
         let etcd_data = root.join("etcd");
         let etcd_args = vec![
-            "--name=default".to_string(),
+            "--name=ferry-e2e".to_string(),
             format!("--data-dir={}", etcd_data.display()),
             format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
             format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
             format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
             format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
-            format!("--initial-cluster=default=http://127.0.0.1:{etcd_peer}"),
+            format!("--initial-cluster=ferry-e2e=http://127.0.0.1:{etcd_peer}"),
             // A test cluster's data dies with it; fsync only costs time.
             "--unsafe-no-fsync=true".to_string(),
             "--log-level=warn".to_string(),
@@ -157,8 +168,27 @@ impl Cluster {
             format!("--tls-cert-file={}", pki.serving_cert().display()),
             format!("--tls-private-key-file={}", pki.serving_key().display()),
             format!("--client-ca-file={}", pki.ca_cert().display()),
+            format!(
+                "--requestheader-client-ca-file={}",
+                pki.front_proxy_ca_cert().display()
+            ),
+            format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
+            "--requestheader-username-headers=X-Remote-User".to_string(),
+            "--requestheader-group-headers=X-Remote-Group".to_string(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".to_string(),
+            format!(
+                "--proxy-client-cert-file={}",
+                pki.front_proxy_client_cert().display()
+            ),
+            format!(
+                "--proxy-client-key-file={}",
+                pki.front_proxy_client_key().display()
+            ),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
-            format!("--service-account-key-file={}", sa_key.display()),
+            format!(
+                "--service-account-key-file={}",
+                pki.service_account_public_key().display()
+            ),
             format!("--service-account-signing-key-file={}", sa_key.display()),
             format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
             "--authorization-mode=Node,RBAC".to_string(),
@@ -197,7 +227,7 @@ impl Cluster {
                 ),
                 format!(
                     "--cluster-signing-key-file={}",
-                    root.join("pki/ca.key").display()
+                    cluster.pki.ca_key().display()
                 ),
                 "--use-service-account-credentials=true".to_string(),
                 format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
@@ -495,6 +525,8 @@ impl Drop for Cluster {
             process.stop();
         }
         if keep && let Some(dir) = self.dir.take() {
+            // Without an owner, a later start does not take the kept directory for stale.
+            let _ = fs::remove_file(dir.path().join(OWNER_FILE));
             eprintln!(
                 "ferry-e2e: kept the cluster directory {}",
                 dir.keep().display()
@@ -592,6 +624,33 @@ fn checked(args: &[&str], output: Output) -> Result<String> {
             status: output.status,
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         })
+    }
+}
+
+/// Removes cluster directories left by test processes that no longer exist (killed with
+/// SIGKILL, so no `Drop` ran; their components died with them, see [`crate::process`]).
+/// Best effort: a directory that cannot be read or removed is left alone.
+fn remove_stale_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_cluster_dir = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(DIR_PREFIX));
+        if !is_cluster_dir {
+            continue;
+        }
+        let owner = fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        if let Some(pid) = owner
+            && !process_exists(pid)
+        {
+            let _ = fs::remove_dir_all(&path);
+        }
     }
 }
 

@@ -19,6 +19,8 @@ use crate::error::{Error, IoContext, Result};
 /// The first address of the service CIDR the harness gives the API server (`10.96.0.0/16`); the
 /// `kubernetes` Service gets it, so the serving certificate names it.
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
+/// The common name of the API server's front-proxy client certificate (`--requestheader-allowed-names`).
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 
 /// An identity that talks to the API server with a client certificate. Each has a kubeconfig.
@@ -98,16 +100,12 @@ impl Pki {
         let mut ca = CertificateParams::default();
         ca.distinguished_name = dn("ferry-e2e-ca", &[]);
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca.key_usages = ca_usages();
         let ca_cert = ca
             .self_signed(&ca_key)
             .map_err(|source| cert_error("the CA certificate", source))?;
         write(&pki.ca_cert(), &ca_cert.pem())?;
-        write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+        write(&pki.ca_key(), &ca_key.serialize_pem())?;
         let issuer = Issuer::new(ca, ca_key);
 
         let mut serving = CertificateParams::default();
@@ -157,10 +155,41 @@ impl Pki {
             write(&pki.client_key(user), &key.serialize_pem())?;
         }
 
+        // The request-header (front-proxy) CA and the API server's proxy client certificate:
+        // the API server publishes this CA in kube-system/extension-apiserver-authentication,
+        // where controller-manager and scheduler look for it (they log an error every few
+        // milliseconds while it is missing), and aggregated API servers trust it.
+        let proxy_ca_key = key_pair("the front-proxy CA key")?;
+        let mut proxy_ca = CertificateParams::default();
+        proxy_ca.distinguished_name = dn("ferry-e2e-front-proxy-ca", &[]);
+        proxy_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        proxy_ca.key_usages = ca_usages();
+        let proxy_ca_cert = proxy_ca
+            .self_signed(&proxy_ca_key)
+            .map_err(|source| cert_error("the front-proxy CA certificate", source))?;
+        write(&pki.front_proxy_ca_cert(), &proxy_ca_cert.pem())?;
+        let proxy_issuer = Issuer::new(proxy_ca, proxy_ca_key);
+        let mut proxy_client = CertificateParams::default();
+        proxy_client.distinguished_name = dn(FRONT_PROXY_CLIENT, &[]);
+        proxy_client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        proxy_client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        proxy_client.use_authority_key_identifier_extension = true;
+        let proxy_client_key = key_pair("the front-proxy client key")?;
+        let proxy_client_cert = proxy_client
+            .signed_by(&proxy_client_key, &proxy_issuer)
+            .map_err(|source| cert_error("the front-proxy client certificate", source))?;
+        write(&pki.front_proxy_client_cert(), &proxy_client_cert.pem())?;
+        write(
+            &pki.front_proxy_client_key(),
+            &proxy_client_key.serialize_pem(),
+        )?;
+
         // The API server verifies service-account tokens with this key and signs them with it;
         // kube-controller-manager signs the legacy token Secrets with it too.
         let sa_key = key_pair("the service-account signing key")?;
         write(&pki.service_account_key(), &sa_key.serialize_pem())?;
+        // `--service-account-key-file` wants public keys: it does not take PKCS#8 private keys.
+        write(&pki.service_account_public_key(), &sa_key.public_key_pem())?;
         Ok(pki)
     }
 
@@ -179,9 +208,35 @@ impl Pki {
         self.dir.join("apiserver.key")
     }
 
+    /// The CA key (PEM, PKCS#8): kube-controller-manager signs approved CSRs with it.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
+    /// The request-header (front-proxy) CA certificate (PEM).
+    pub fn front_proxy_ca_cert(&self) -> PathBuf {
+        self.dir.join("front-proxy-ca.crt")
+    }
+
+    /// The API server's client certificate towards aggregated API servers (PEM; CN
+    /// [`FRONT_PROXY_CLIENT`], signed by the front-proxy CA).
+    pub fn front_proxy_client_cert(&self) -> PathBuf {
+        self.dir.join("front-proxy-client.crt")
+    }
+
+    /// The key of [`Pki::front_proxy_client_cert`] (PEM, PKCS#8).
+    pub fn front_proxy_client_key(&self) -> PathBuf {
+        self.dir.join("front-proxy-client.key")
+    }
+
     /// The service-account signing key (PEM, PKCS#8, ECDSA P-256).
     pub fn service_account_key(&self) -> PathBuf {
         self.dir.join("sa.key")
+    }
+
+    /// The service-account verification key (PEM, SubjectPublicKeyInfo).
+    pub fn service_account_public_key(&self) -> PathBuf {
+        self.dir.join("sa.pub")
     }
 
     /// A user's client certificate (PEM).
@@ -224,6 +279,14 @@ impl Pki {
         write(&path, &format!("{config:#}\n"))?;
         Ok(path)
     }
+}
+
+fn ca_usages() -> Vec<KeyUsagePurpose> {
+    vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ]
 }
 
 fn key_pair(what: &str) -> Result<KeyPair> {
