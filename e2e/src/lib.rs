@@ -1,8 +1,23 @@
-//! ferry's end-to-end harness. The cluster harness (real etcd, kube-apiserver, kubelet and
-//! containerd built from Go modules) lands with the e2e issue; until then this crate holds
-//! only helpers shared by tests that drive real CRIU.
+//! ferry's end-to-end harness.
+//!
+//! [`Cluster`] starts a throwaway Kubernetes control plane on loopback from the binaries that
+//! `e2e/cluster/build` builds from Go modules (etcd, kube-apiserver, optionally
+//! kube-controller-manager, kube-scheduler, and kwok for simulated nodes), with a generated
+//! PKI and ferry's CRDs applied, and stops it on drop. Real kubelet/containerd nodes come later.
+//! The crate also holds helpers shared by tests that drive real CRIU.
+
+pub mod binaries;
+pub mod cluster;
+pub mod error;
+pub mod pki;
+pub mod process;
 
 use std::path::PathBuf;
+
+pub use binaries::{Binaries, K8S_VERSION};
+pub use cluster::{Cluster, Options};
+pub use error::{Error, Result};
+pub use pki::User;
 
 /// The workspace root (where `Cargo.toml` with `[workspace]` lives).
 pub fn workspace_root() -> PathBuf {

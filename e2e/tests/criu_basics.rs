@@ -11,7 +11,7 @@ fn criu() -> PathBuf {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
-        .expect("criu is not installed: run scripts/install-deps (as root)")
+        .unwrap_or_else(|| panic!("criu is not installed: run scripts/install-deps (as root)"))
 }
 
 fn root() -> bool {
