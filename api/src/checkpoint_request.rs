@@ -252,28 +252,9 @@ impl RequestPhase {
     }
 }
 
-/// GPU vendor of a checkpoint. `sim` is ferry's simulated GPU (DESIGN.md §5), which the demo
-/// and the CPU-only tests checkpoint like a real one.
-#[derive(JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GpuVendor {
-    Amd,
-    Nvidia,
-    Sim,
-    #[default]
-    None,
-}
-
-impl From<crate::stats::GpuVendor> for GpuVendor {
-    fn from(v: crate::stats::GpuVendor) -> Self {
-        match v {
-            crate::stats::GpuVendor::Amd => GpuVendor::Amd,
-            crate::stats::GpuVendor::Nvidia => GpuVendor::Nvidia,
-            crate::stats::GpuVendor::Sim => GpuVendor::Sim,
-            crate::stats::GpuVendor::None => GpuVendor::None,
-        }
-    }
-}
+/// One vendor type for the CRDs and the plugin's stats file (defined beside the stats, which
+/// build without the `crd` feature).
+pub use crate::stats::GpuVendor;
 
 /// Written by the operator only (whole-status server-side apply).
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -22,13 +22,14 @@ pub enum Operation {
     Restore,
 }
 
-/// GPU vendor of the devices the plugin handled.
+/// GPU vendor of a checkpoint (and of the devices the plugin handled). `sim` is ferry's
+/// simulated GPU (DESIGN.md §5), which the demo and the CPU-only tests checkpoint like a real one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum GpuVendor {
     Amd,
     Nvidia,
-    /// ferry's simulated GPU (tests, demo, benchmarks on machines without a GPU).
     Sim,
     #[default]
     None,
