@@ -282,16 +282,18 @@ fn the_condition_helper_finds_a_condition_by_type() {
 }
 
 #[test]
-fn plugin_stats_vendors_map_onto_the_api_vendor() {
-    use ferry_api::stats::GpuVendor as Stats;
-    assert_eq!(GpuVendor::from(Stats::Amd), GpuVendor::Amd);
-    assert_eq!(GpuVendor::from(Stats::Nvidia), GpuVendor::Nvidia);
-    assert_eq!(GpuVendor::from(Stats::Sim), GpuVendor::Sim);
-    assert_eq!(GpuVendor::from(Stats::None), GpuVendor::None);
-    assert_eq!(
-        serde_json::to_value(GpuVendor::Nvidia).expect("serializes"),
-        "nvidia"
-    );
+fn plugin_stats_vendors_serialise_as_the_crd_vendor_values_and_metric_labels() {
+    // One type serves the CRDs and the plugin's stats file: its JSON spelling is the CRD
+    // enum's value and the metric label.
+    for (v, s) in [
+        (GpuVendor::Amd, "amd"),
+        (GpuVendor::Nvidia, "nvidia"),
+        (GpuVendor::Sim, "sim"),
+        (GpuVendor::None, "none"),
+    ] {
+        assert_eq!(serde_json::to_value(v).expect("serializes"), s);
+        assert_eq!(v.as_str(), s);
+    }
 }
 
 #[test]
