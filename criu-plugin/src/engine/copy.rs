@@ -72,6 +72,28 @@ pub fn copy_device(
         }
     }
 
+    if engine.direct() {
+        // No bounce buffer: the engine pulls each chunk from the image itself.
+        let mut bytes = 0u64;
+        for c in &chunks {
+            engine.copy_from_file(
+                pages,
+                c.image_offset,
+                buffers[c.buffer].fd.as_fd(),
+                c.write_offset,
+                c.len,
+            )?;
+            bytes += c.len as u64;
+        }
+        engine.finish()?;
+        return Ok(CopyOutcome {
+            bytes,
+            buffers: buffers.len() as u32,
+            started: Some(started),
+            elapsed: started.elapsed(),
+        });
+    }
+
     let (full_tx, full_rx) = sync_channel::<Result<(usize, Vec<u8>)>>(1);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2);
     for _ in 0..2 {
