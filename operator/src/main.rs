@@ -1,10 +1,17 @@
 //! ferry-operator: reconciles `CheckpointRequest`s into checkpoints and live migrations.
 //!
-//! This build parses its flags, sets up logging and reports what it does not do yet:
-//! the reconciler lands with the operator issue. It never pretends to reconcile.
+//! Wiring only: logging, the HTTP endpoints, leader election and the controller.
 
-use anyhow::Result;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
+use ferry_operator::controller::{self, Config};
+use ferry_operator::http::{HttpState, router};
+use ferry_operator::leader::{self, LeaseConfig};
+use ferry_operator::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -12,7 +19,8 @@ enum LogFormat {
     Json,
 }
 
-/// ferry operator: checkpoint and live-migrate GPU pods.
+/// ferry operator: checkpoint and live-migrate GPU pods. Reads the kubeconfig from
+/// $KUBECONFIG or ~/.kube/config, or the in-cluster service account.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -25,21 +33,86 @@ struct Args {
     /// Lease name for leader election.
     #[arg(long, default_value = "ferry-operator", env = "FERRY_LEASE_NAME")]
     lease_name: String,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, default_value = "ferry-system", env = "POD_NAMESPACE")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader lease is valid after a renewal (failover takes at most this).
+    #[arg(long, default_value_t = 15, env = "FERRY_LEASE_DURATION_SECONDS")]
+    lease_duration_seconds: u64,
+    /// Seconds between renewals.
+    #[arg(long, default_value_t = 2, env = "FERRY_LEASE_RENEW_SECONDS")]
+    renew_seconds: u64,
+    /// Namespace of the agents' Leases (`ferry-agent-<node>`).
+    #[arg(long, default_value = "ferry-system", env = "FERRY_AGENT_NAMESPACE")]
+    agent_namespace: String,
 }
 
-fn main() -> Result<()> {
+#[tokio::main]
+async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
-    tracing::info!(
-        metrics_addr = %args.metrics_addr,
-        lease = %args.lease_name,
-        group = ferry_api::GROUP,
-        "ferry-operator started"
-    );
-    tracing::warn!(
-        "reconciling CheckpointRequests is not implemented in this build; nothing is watched and no request is acted on"
-    );
-    anyhow::bail!("ferry-operator: the controller is not implemented yet (see the operator issue)")
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client: set KUBECONFIG or run in a pod with a service account")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(&args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    let app = router(HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    tracing::info!(metrics_addr = %args.metrics_addr, identity = %identity, lease = %args.lease_name, "ferry-operator started");
+
+    let config = Config {
+        agent_namespace: args.agent_namespace.clone(),
+        instance: identity.clone(),
+        ..Config::default()
+    };
+    let lease = LeaseConfig {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity,
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        renew_every: Duration::from_secs(args.renew_seconds),
+    };
+    let lead_client = client.clone();
+    let outcome = leader::run(client, lease, ready, shutdown_signal(), move |stop| {
+        controller::run(lead_client, config, metrics, stop.wait())
+    })
+    .await;
+    server.abort();
+    outcome.context("ferry-operator stopped")?;
+    tracing::info!("ferry-operator shut down");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
 }
 
 fn init_tracing(format: LogFormat) {

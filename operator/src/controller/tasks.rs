@@ -1,0 +1,277 @@
+//! The objects the operator creates for a request, with deterministic names so that every
+//! creation is idempotent (AlreadyExists means done) and a restarted operator finds them.
+
+use std::collections::BTreeMap;
+
+use ferry_api::names::{annotation, label};
+use ferry_api::{
+    CheckpointRequest, ImageRef, NodeTask, NodeTaskSpec, PodReference, SecretKeyRef, TaskOperation,
+    TaskOptions, TransferSource,
+};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+/// Key of the token in the transfer token Secret.
+pub const TOKEN_KEY: &str = "token";
+
+/// Labels that controllers put on their pods and select them by: removed from a restored
+/// pod so that the source's ReplicaSet or Job does not adopt (and then delete) it.
+pub const CONTROLLER_LABELS: [&str; 6] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "controller-uid",
+    "batch.kubernetes.io/controller-uid",
+    "apps.kubernetes.io/pod-index",
+];
+
+/// Name of the request's Checkpoint task.
+pub fn checkpoint_task_name(request: &str) -> String {
+    format!("{request}-checkpoint")
+}
+
+/// Name of the request's Restore task.
+pub fn restore_task_name(request: &str) -> String {
+    format!("{request}-restore")
+}
+
+/// Name of the request's Delete task on its source (`target == false`) or target node.
+pub fn delete_task_name(request: &str, target: bool) -> String {
+    format!(
+        "{request}-delete-{}",
+        if target { "target" } else { "source" }
+    )
+}
+
+/// Name of the request's transfer token Secret.
+pub fn token_secret_name(request: &str) -> String {
+    format!("{request}-transfer-token")
+}
+
+/// Name of the pod a migration restores: `<pod>-restored-<first 5 characters of the
+/// request's uid>`, so two migrations of one pod never collide, cut to the 253 characters of
+/// a pod name.
+pub fn restored_pod_name(pod: &str, request_uid: &str) -> String {
+    let suffix: String = request_uid.chars().filter(|c| *c != '-').take(5).collect();
+    let tail = format!("-restored-{suffix}");
+    let keep = 253usize.saturating_sub(tail.len());
+    let head: String = pod.chars().take(keep).collect();
+    format!("{}{tail}", head.trim_end_matches(['-', '.']))
+}
+
+/// Image directory of a request, relative to the store root.
+pub fn image_location(request: &CheckpointRequest) -> String {
+    format!(
+        "{}/{}",
+        request.namespace().unwrap_or_default(),
+        request.name_any()
+    )
+}
+
+/// The owner reference that makes `request` the controller of a child.
+pub fn owner(request: &CheckpointRequest) -> Option<OwnerReference> {
+    request.controller_owner_ref(&())
+}
+
+fn child_meta(request: &CheckpointRequest, name: String, node: Option<&str>) -> ObjectMeta {
+    let mut labels = BTreeMap::from([
+        (label::CHECKPOINT_REQUEST.to_string(), request.name_any()),
+        (
+            label::MANAGED_BY.to_string(),
+            label::MANAGED_BY_VALUE.to_string(),
+        ),
+    ]);
+    if let Some(node) = node {
+        labels.insert(label::NODE.to_string(), node.to_string());
+    }
+    ObjectMeta {
+        name: Some(name),
+        namespace: request.namespace(),
+        labels: Some(labels),
+        owner_references: owner(request).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// One NodeTask of `request`.
+pub fn node_task(
+    request: &CheckpointRequest,
+    name: String,
+    node: &str,
+    operation: TaskOperation,
+    pod: PodReference,
+    source: Option<TransferSource>,
+) -> NodeTask {
+    let spec = &request.spec;
+    let leave_running = match operation {
+        // A migration's checkpoint leaves the source running: it is deleted only once the
+        // restored pod runs, so any failure leaves the workload where it was.
+        TaskOperation::Checkpoint if spec.is_migration() => true,
+        _ => spec.leave_running,
+    };
+    NodeTask {
+        metadata: child_meta(request, name, Some(node)),
+        spec: NodeTaskSpec {
+            node_name: node.to_string(),
+            operation,
+            checkpoint_request: request.name_any(),
+            pod,
+            containers: spec.containers.clone(),
+            source,
+            image: ImageRef {
+                storage: spec.storage.clone(),
+                location: image_location(request),
+            },
+            options: TaskOptions {
+                leave_running,
+                parallel_restore: spec.gpu.parallel_restore,
+                timeout_seconds: spec.timeout_seconds,
+            },
+        },
+        status: None,
+    }
+}
+
+/// The transfer source of a restore: the source agent's endpoint and the token Secret.
+pub fn transfer_source(request: &CheckpointRequest, endpoint: String) -> TransferSource {
+    TransferSource {
+        endpoint,
+        token_secret_ref: SecretKeyRef {
+            name: token_secret_name(&request.name_any()),
+            key: TOKEN_KEY.to_string(),
+        },
+    }
+}
+
+/// The per-transfer token Secret, owned by the request (deleted with it).
+pub fn token_secret(request: &CheckpointRequest, token: String) -> Secret {
+    Secret {
+        metadata: child_meta(request, token_secret_name(&request.name_any()), None),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token)])),
+        type_: Some("Opaque".to_string()),
+        ..Default::default()
+    }
+}
+
+/// A random 256-bit token, hex.
+pub fn random_token() -> crate::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| crate::Error::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The restored pod: the source pod's spec bound to `target`, its labels and annotations
+/// kept, except the labels its controller selects it by ([`CONTROLLER_LABELS`]), and
+/// without ownerReferences, so that neither the source's controller nor the request's
+/// deletion removes it. It is annotated with where it came from.
+pub fn restored_pod(request: &CheckpointRequest, source: &Pod, name: String, target: &str) -> Pod {
+    let mut labels = source.metadata.labels.clone().unwrap_or_default();
+    for key in CONTROLLER_LABELS {
+        labels.remove(key);
+    }
+    labels.insert(label::CHECKPOINT_REQUEST.to_string(), request.name_any());
+    let mut annotations = source.metadata.annotations.clone().unwrap_or_default();
+    annotations.insert(
+        annotation::RESTORED_FROM.to_string(),
+        format!(
+            "{}/{}",
+            source.namespace().unwrap_or_default(),
+            source.name_any()
+        ),
+    );
+    annotations.insert(
+        annotation::CHECKPOINT_REQUEST.to_string(),
+        request.name_any(),
+    );
+    let mut spec = source.spec.clone().unwrap_or_default();
+    spec.node_name = Some(target.to_string());
+    // The API server rejects scheduling gates on a pod that already names its node.
+    spec.scheduling_gates = None;
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: source.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_pod_name_is_unique_per_request_and_fits_a_pod_name() {
+        assert_eq!(
+            restored_pod_name("trainer-0", "1a2b-3c4d-5e"),
+            "trainer-0-restored-1a2b3"
+        );
+        let long = "a".repeat(253);
+        assert!(restored_pod_name(&long, "abcdef").len() <= 253);
+    }
+
+    #[test]
+    fn a_restored_pod_drops_owners_and_controller_labels_and_binds_to_the_target() {
+        let request = CheckpointRequest::new("req", ferry_api::CheckpointRequestSpec::for_pod("p"));
+        let source: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "p", "namespace": "ns",
+                "labels": {"app": "x", "pod-template-hash": "abc"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true}],
+            },
+            "spec": {"nodeName": "a", "containers": [{"name": "c", "image": "i"}]},
+        }))
+        .unwrap();
+        let pod = restored_pod(&request, &source, "p-restored-x".into(), "b");
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some("b")
+        );
+        assert!(pod.metadata.owner_references.is_none());
+        let labels = pod.metadata.labels.unwrap_or_default();
+        assert_eq!(labels.get("app").map(String::as_str), Some("x"));
+        assert!(!labels.contains_key("pod-template-hash"));
+        assert_eq!(
+            pod.metadata
+                .annotations
+                .unwrap_or_default()
+                .get(annotation::RESTORED_FROM)
+                .map(String::as_str),
+            Some("ns/p")
+        );
+    }
+
+    #[test]
+    fn a_migrations_checkpoint_leaves_the_source_running() {
+        let mut spec = ferry_api::CheckpointRequestSpec::for_pod("p");
+        spec.migrate = Some(ferry_api::MigrateSpec::default());
+        let request = CheckpointRequest::new("req", spec);
+        let pod = PodReference {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: None,
+        };
+        let task = node_task(
+            &request,
+            "t".into(),
+            "a",
+            TaskOperation::Checkpoint,
+            pod,
+            None,
+        );
+        assert!(task.spec.options.leave_running);
+    }
+
+    #[test]
+    fn tokens_are_random_and_hex() {
+        let (a, b) = (random_token().unwrap(), random_token().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+    }
+}
