@@ -9,7 +9,7 @@
 //! | `FERRY_SIM_ROOT` | `/var/lib/ferry-sim` | sim backend: where simulated device handles live |
 //! | `FERRY_SIM_MEM` | `/dev/shm/ferry-sim` | sim backend: where simulated device memory lives |
 //! | `FERRY_SIM_BANDWIDTH` | `4G` | sim backend: copy-engine bandwidth in bytes/s (models an SDMA engine) |
-//! | `FERRY_TEST_FAULT` | unset | tests only: inject a fault (`copy-error`, `child-exit-mid-send`, `corrupt-header`) |
+//! | `FERRY_TEST_FAULT` | unset | tests only: inject a fault (`copy-error`, `child-exit-mid-send`, `corrupt-header`, `panic`) |
 //! | `FERRY_IMAGES_DIR` | unset | plugin-host harness only: image dir when CRIU's `criu_get_image_dir` is absent |
 
 use std::path::PathBuf;
@@ -26,6 +26,8 @@ pub enum Fault {
     ChildExitMidSend,
     /// The restore child sends a command header with a wrong magic.
     CorruptHeader,
+    /// The sim backend panics in DUMP_EXT_FILE (the ABI guard must turn it into -EIO).
+    Panic,
 }
 
 /// All settings.
@@ -106,9 +108,10 @@ impl Config {
                 "copy-error" => Some(Fault::CopyError),
                 "child-exit-mid-send" => Some(Fault::ChildExitMidSend),
                 "corrupt-header" => Some(Fault::CorruptHeader),
+                "panic" => Some(Fault::Panic),
                 other => {
                     return Err(PluginError::invalid(format!(
-                        "FERRY_TEST_FAULT={other} is unknown: use copy-error, child-exit-mid-send or corrupt-header"
+                        "FERRY_TEST_FAULT={other} is unknown: use copy-error, child-exit-mid-send, corrupt-header or panic"
                     )));
                 }
             };

@@ -236,3 +236,27 @@ fn a_copy_error_in_the_worker_fails_resume_devices_late() {
         "RESUME_DEVICES_LATE must fail on a copy error"
     );
 }
+
+#[test]
+fn a_panic_in_a_hook_becomes_eio_and_never_unwinds_into_the_host() {
+    if skip("plugin host panic") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = SimEnv::new();
+    let p = Plugin::load();
+    set_env(&[
+        ("FERRY_IMAGES_DIR", env.images().display().to_string()),
+        ("FERRY_SIM_ROOT", env.root().display().to_string()),
+        ("FERRY_SIM_MEM", env.mem().display().to_string()),
+        ("FERRY_TEST_FAULT", "panic".into()),
+    ]);
+    let ctx = SimContext::create(SimPaths::new(env.root(), env.mem()), 0, &SIZES).unwrap();
+    assert_eq!(p.init(0), 0);
+    // The hook panics inside the plugin; the host (this test, like CRIU) gets -EIO and goes on.
+    assert_eq!(p.dump_ext_file(ctx.handle.as_raw_fd(), 100), -libc::EIO);
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    assert_eq!(p.dump_ext_file(devnull.as_raw_fd(), 101), -libc::ENOTSUP);
+    p.exit(0, -1);
+    set_env(&[("FERRY_TEST_FAULT", String::new())]);
+}

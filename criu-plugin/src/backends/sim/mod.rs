@@ -63,6 +63,9 @@ impl Backend for SimBackend {
         let Some(uuid) = p.uuid_of_node(&target) else {
             return Ok(Claim::NotMine);
         };
+        if cx.config.fault == Some(Fault::Panic) {
+            panic!("FERRY_TEST_FAULT=panic: sim DUMP_EXT_FILE panics on purpose");
+        }
         let started = Instant::now();
         let meta = p.read_meta(&uuid)?;
         let text = serde_json::to_vec(&meta)
