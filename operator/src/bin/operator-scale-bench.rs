@@ -578,8 +578,8 @@ async fn play_agent(
                     "sizeBytes": 2_147_483_648_i64, "files": 12, "sha256": "0".repeat(64),
                     "gpuVendor": "none", "hostMemoryBytes": 1_073_741_824_i64,
                     "timings": {"checkpointMs": 2 * delay.as_millis() as i64, "frozenAt": frozen}}}),
-                // A migration's request also waits for the restore.
-                !task.spec.options.leave_running,
+                // A migration's restore comes later and overwrites the time.
+                true,
             )
         }
         TaskOperation::Restore => (
