@@ -256,30 +256,25 @@ pub fn kfd_checkpoint(
     bos: &mut [KfdCriuBoBucket],
     priv_data: &mut [u8],
 ) -> io::Result<Vec<Option<OwnedFd>>> {
-    for b in bos.iter_mut() {
-        b.dmabuf_fd = KFD_INVALID_FD;
-    }
-    let mut args = KfdCriuArgs {
-        devices: devices.as_mut_ptr() as u64,
-        bos: bos.as_mut_ptr() as u64,
-        priv_data: priv_data.as_mut_ptr() as u64,
-        priv_data_size: priv_data.len() as u64,
-        num_devices: len_u32(devices.len(), "devices")?,
-        num_bos: len_u32(bos.len(), "BOs")?,
-        num_objects,
-        pid: 0,
-        op: CriuOp::Checkpoint as u32,
-    };
-    let r = criu_op(fd, &mut args);
-    // Fds the kernel created are closed even when the call failed half-way.
-    let fds = take_dmabuf_fds(bos);
-    r.map(|()| fds)
+    bucket_op(fd, CriuOp::Checkpoint, num_objects, devices, bos, priv_data)
 }
 
 /// `KFD_CRIU_OP_RESTORE` on a fresh /dev/kfd fd of the restored task: recreates the BOs,
 /// fills each bucket's `restored_offset`, and returns one dma-buf fd per BO.
 pub fn kfd_restore(
     fd: BorrowedFd<'_>,
+    num_objects: u32,
+    devices: &mut [KfdCriuDeviceBucket],
+    bos: &mut [KfdCriuBoBucket],
+    priv_data: &mut [u8],
+) -> io::Result<Vec<Option<OwnedFd>>> {
+    bucket_op(fd, CriuOp::Restore, num_objects, devices, bos, priv_data)
+}
+
+/// The CRIU ops that take device and BO buckets and hand back one dma-buf fd per BO.
+fn bucket_op(
+    fd: BorrowedFd<'_>,
+    op: CriuOp,
     num_objects: u32,
     devices: &mut [KfdCriuDeviceBucket],
     bos: &mut [KfdCriuBoBucket],
@@ -297,9 +292,10 @@ pub fn kfd_restore(
         num_bos: len_u32(bos.len(), "BOs")?,
         num_objects,
         pid: 0,
-        op: CriuOp::Restore as u32,
+        op: op as u32,
     };
     let r = criu_op(fd, &mut args);
+    // Fds the kernel created are closed even when the call failed half-way.
     let fds = take_dmabuf_fds(bos);
     r.map(|()| fds)
 }
