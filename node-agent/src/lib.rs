@@ -3,4 +3,8 @@
 //!
 //! The binary (`src/main.rs`) wires these together; each module is one idea.
 
+pub mod http;
+pub mod intake;
+pub mod lease;
+pub mod metrics;
 pub mod store;
