@@ -9,6 +9,7 @@
 pub mod binaries;
 pub mod cluster;
 pub mod error;
+pub mod migration;
 pub mod pki;
 pub mod process;
 
