@@ -186,6 +186,7 @@ fn config(identity: &str) -> Config {
         active_requeue: Duration::from_secs(1),
         cleanup_timeout: Duration::from_secs(20),
         instance: identity.into(),
+        ..Config::default()
     }
 }
 
