@@ -3,4 +3,10 @@
 //!
 //! The binary (`src/main.rs`) wires these together; each module is one idea.
 
+pub mod checkpoint;
+pub mod criu;
+mod exec;
+pub mod process_tree;
+pub mod restore;
+pub mod runc;
 pub mod store;
