@@ -4,7 +4,7 @@
 //! Logs. A dump writes `criu-dump.log` into the image directory it dumps into (the staged
 //! image), so the log travels with the image and is in its manifest. A restore never writes
 //! into a published image: it runs in a *restore directory* outside the store (see
-//! [`crate::restore`]), a directory of symlinks to the image's files, so CRIU's
+//! [`crate::restore`]), a directory of hard links to the image's files, so CRIU's
 //! `restore.log`, `stats-restore`, the pidfile and the plugin's `ferry-restore-stats.json`
 //! land there and the image stays byte-for-byte as published.
 //!

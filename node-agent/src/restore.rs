@@ -8,11 +8,16 @@
 //! **A restore never modifies the image.** CRIU writes into its image directory on restore
 //! (`stats-restore`, and ferry's plugin writes `ferry-restore-stats.json` next to the images),
 //! so restores do not run in the published image: [`restore_dir`] builds a *restore
-//! directory* under the job's `work_dir` holding a symlink to each image file; CRIU reads the
-//! images through the links and everything it writes (log, stats, pidfile) is a new file in
-//! the restore directory. The plugin replaces its stats file by rename, so even a stats file
-//! name that existed would replace the link, not write through it. A failed restore leaves the
-//! image as it was, and the restore directory (with the log) for the operator.
+//! directory* under the job's `work_dir` holding a **hard link** to each image file (a copy
+//! when the work dir is on another filesystem); CRIU reads the images through the links and
+//! everything it writes (log, stats, pidfile) is a new file in the restore directory. The
+//! names a restore writes are never linked, CRIU opens images read-only on restore, and the
+//! plugin replaces its stats file by rename, so nothing writes through a link into the image.
+//! Symlinks do not work: CRIU opens some images from inside the restored task after it
+//! switched to the container's mount namespace, where an absolute link target does not
+//! resolve (`No pagemap-1.img image`, seen with runc). Hard links also keep a restore's input
+//! alive if the image is garbage-collected meanwhile. A failed restore leaves the image as it
+//! was, and the restore directory (with the log) for the operator.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -164,7 +169,7 @@ const RESTORE_OUTPUTS: &[&str] = &[
 ];
 
 /// Builds the restore directory `dst` for the image directory `src`: a fresh directory tree
-/// with one symlink per file of `src` (see the module docs). A stale `dst` from an earlier
+/// with one hard link (or, across filesystems, a copy) per file of `src` (see the module docs). A stale `dst` from an earlier
 /// attempt is replaced.
 pub fn restore_dir(src: &Path, dst: &Path) -> Result<()> {
     if !src.is_dir() {
@@ -197,8 +202,14 @@ fn link_tree(src: &Path, dst: &Path) -> Result<()> {
             if RESTORE_OUTPUTS.iter().any(|o| name == *o) {
                 continue;
             }
-            std::os::unix::fs::symlink(entry.path(), &to)
-                .map_err(io_err(format!("link {}", to.display())))?;
+            match std::fs::hard_link(entry.path(), &to) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    std::fs::copy(entry.path(), &to)
+                        .map_err(io_err(format!("copy {}", to.display())))?;
+                }
+                Err(e) => return Err(io_err(format!("link {}", to.display()))(e)),
+            }
         }
         // Symlinks and special files are not part of a published image (the store refuses
         // them); skip rather than follow.
@@ -439,9 +450,10 @@ mod tests {
         std::fs::create_dir_all(&dst).unwrap();
         std::fs::write(dst.join("stale"), b"").unwrap();
         restore_dir(&src.join("c"), &dst).unwrap();
-        let link = std::fs::read_link(dst.join("pages-1.img")).unwrap();
-        assert_eq!(link, src.join("c/pages-1.img"));
-        assert!(std::fs::symlink_metadata(dst.join("sub/x.img")).unwrap().is_symlink());
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&dst.join("pages-1.img")), ino(&src.join("c/pages-1.img")));
+        assert_eq!(std::fs::read(dst.join("sub/x.img")).unwrap(), b"x");
         assert!(!dst.join("stats-restore").exists());
         assert!(!dst.join("stale").exists());
         assert!(restore_dir(&src.join("nope"), &dst).is_err());
