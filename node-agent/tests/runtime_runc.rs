@@ -18,12 +18,13 @@ use runtime_common::*;
 /// One container test at a time (2 cores; CRIU runs are heavy).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Fields drop in order: the containers go before the scratch dir holding their runc state.
 struct Setup {
-    tmp: tempfile::TempDir,
+    containers: RuncContainers,
     store: Store,
     runc: Runc,
-    containers: RuncContainers,
     bundle: std::path::PathBuf,
+    tmp: tempfile::TempDir,
 }
 
 fn setup() -> Setup {

@@ -367,6 +367,16 @@ impl Drop for RuncContainers {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = self.runc(&["delete", "-f", id]);
+            // Belt and braces: anything left in the container's cgroup (runc's default
+            // cgroupsPath is /<id>) is killed, so no test leaves a counting loop behind.
+            for procs in [
+                format!("/sys/fs/cgroup/pids/{id}/cgroup.procs"),
+                format!("/sys/fs/cgroup/{id}/cgroup.procs"),
+            ] {
+                if let Ok(text) = std::fs::read_to_string(&procs) {
+                    text.lines().filter_map(|l| l.trim().parse().ok()).for_each(kill);
+                }
+            }
         }
     }
 }
