@@ -166,9 +166,21 @@ mod tests {
             pid: 1,
         };
         assert!(CheckpointJob::new(src.clone(), vec![]).validate().is_err());
-        assert!(CheckpointJob::new(src.clone(), vec![p("a"), p("a")]).validate().is_err());
-        assert!(CheckpointJob::new(src.clone(), vec![p("../x")]).validate().is_err());
-        assert!(CheckpointJob::new(src.clone(), vec![p("a/b")]).validate().is_err());
+        assert!(
+            CheckpointJob::new(src.clone(), vec![p("a"), p("a")])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            CheckpointJob::new(src.clone(), vec![p("../x")])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            CheckpointJob::new(src.clone(), vec![p("a/b")])
+                .validate()
+                .is_err()
+        );
         let job = CheckpointJob::new(src, vec![p("a"), p("b")]);
         job.validate().unwrap();
         assert_eq!(job.source_with_containers().containers, ["a", "b"]);

@@ -246,9 +246,10 @@ impl Criu {
         let pidfile = a.images_dir.join(RESTORE_PIDFILE);
         let text = std::fs::read_to_string(&pidfile)
             .map_err(io_err(format!("read {}", pidfile.display())))?;
-        let pid = text.trim().parse::<i32>().map_err(|e| {
-            RuntimeError::Invalid(format!("{}: {e}: {text:?}", pidfile.display()))
-        })?;
+        let pid = text
+            .trim()
+            .parse::<i32>()
+            .map_err(|e| RuntimeError::Invalid(format!("{}: {e}: {text:?}", pidfile.display())))?;
         Ok((run, pid))
     }
 
@@ -442,7 +443,10 @@ mod tests {
              Error (criu/cr-dump.c:1975): Dumping FAILED."
         );
         assert!(!s.contains('\n'));
-        assert_eq!(error_summary("(00.1) fine\n(00.2) last words\n", 3), "last words");
+        assert_eq!(
+            error_summary("(00.1) fine\n(00.2) last words\n", 3),
+            "last words"
+        );
         assert_eq!(error_summary("", 3), "no CRIU log");
     }
 

@@ -24,7 +24,11 @@ pub(crate) struct Finished {
 /// Spawns `cmd` (the caller sets its stdio: nothing here reads pipes, so a tool that writes a
 /// lot must write to a file) and waits for it at most `limit`; on timeout it is killed and the
 /// result is [`RuntimeError::Timeout`].
-pub(crate) fn run(cmd: &mut Command, what: &str, limit: Duration) -> Result<Finished, RuntimeError> {
+pub(crate) fn run(
+    cmd: &mut Command,
+    what: &str,
+    limit: Duration,
+) -> Result<Finished, RuntimeError> {
     let program = PathBuf::from(cmd.get_program());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
@@ -80,7 +84,11 @@ pub(crate) fn run(cmd: &mut Command, what: &str, limit: Duration) -> Result<Fini
         // The child is not reaped yet, so the pidfd still names it.
         let _ = rustix::process::pidfd_send_signal(pidfd.as_fd(), Signal::KILL);
         let _ = child.wait();
-        tracing::warn!(what, limit_s = limit.as_secs_f64(), "tool timed out and was killed");
+        tracing::warn!(
+            what,
+            limit_s = limit.as_secs_f64(),
+            "tool timed out and was killed"
+        );
         return Err(RuntimeError::Timeout {
             what: what.to_string(),
             after: limit,

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod criu;
 mod exec;
+pub mod kubelet;
 pub mod process_tree;
 pub mod restore;
 pub mod runc;

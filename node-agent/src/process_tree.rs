@@ -36,10 +36,7 @@ impl ProcessTree {
     }
 }
 
-pub(crate) fn criu_version_cached(
-    criu: &Criu,
-    cell: &OnceLock<Option<String>>,
-) -> Option<String> {
+pub(crate) fn criu_version_cached(criu: &Criu, cell: &OnceLock<Option<String>>) -> Option<String> {
     cell.get_or_init(|| match criu.version() {
         Ok(v) => Some(v),
         Err(e) => {
@@ -125,7 +122,11 @@ impl Restorer for ProcessTree {
             let _g = span.enter();
             let (run, pid) = criu.restore(&RestoreArgs { images_dir: &dir }, &env)?;
             let plugin_stats = crate::criu::read_plugin_stats(&dir, RESTORE_STATS_FILE)?;
-            tracing::info!(pid, wall_s = run.wall.as_secs_f64(), "process tree restored");
+            tracing::info!(
+                pid,
+                wall_s = run.wall.as_secs_f64(),
+                "process tree restored"
+            );
             restored.push(Restored {
                 name: name.clone(),
                 pid: Some(pid),

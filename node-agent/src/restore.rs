@@ -140,7 +140,9 @@ impl RestoreOutcome {
             host_restore: plugin_stats
                 .as_ref()
                 .and_then(|s| secs(s.host_restore_seconds)),
-            gpu_restore: plugin_stats.as_ref().and_then(|s| secs(s.gpu_phase_seconds)),
+            gpu_restore: plugin_stats
+                .as_ref()
+                .and_then(|s| secs(s.gpu_phase_seconds)),
             plugin_stats,
             restored,
             duration,
@@ -432,7 +434,10 @@ mod tests {
         let config: Value =
             serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
         assert_eq!(config["os"], "linux");
-        assert_eq!(config["rootfs"]["diff_ids"][0], layout.layer_digest.as_str());
+        assert_eq!(
+            config["rootfs"]["diff_ids"][0],
+            layout.layer_digest.as_str()
+        );
         // Never over an existing layout.
         assert!(img.build_layout(&archive, &out).is_err());
     }
@@ -452,7 +457,10 @@ mod tests {
         restore_dir(&src.join("c"), &dst).unwrap();
         use std::os::unix::fs::MetadataExt;
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
-        assert_eq!(ino(&dst.join("pages-1.img")), ino(&src.join("c/pages-1.img")));
+        assert_eq!(
+            ino(&dst.join("pages-1.img")),
+            ino(&src.join("c/pages-1.img"))
+        );
         assert_eq!(std::fs::read(dst.join("sub/x.img")).unwrap(), b"x");
         assert!(!dst.join("stats-restore").exists());
         assert!(!dst.join("stale").exists());

@@ -79,7 +79,12 @@ impl Runc {
     }
 
     /// `runc … checkpoint` arguments for container `id` into `image_path`.
-    pub fn checkpoint_args(&self, id: &str, image_path: &Path, leave_running: bool) -> Vec<OsString> {
+    pub fn checkpoint_args(
+        &self,
+        id: &str,
+        image_path: &Path,
+        leave_running: bool,
+    ) -> Vec<OsString> {
         let mut args = self.global_args();
         args.extend([
             "checkpoint".into(),
@@ -97,7 +102,13 @@ impl Runc {
 
     /// `runc … restore` arguments: container `id` from `image_path` into `bundle`, detached;
     /// logs and the pidfile in `work_path`.
-    pub fn restore_args(&self, id: &str, image_path: &Path, work_path: &Path, bundle: &Path) -> Vec<OsString> {
+    pub fn restore_args(
+        &self,
+        id: &str,
+        image_path: &Path,
+        work_path: &Path,
+        bundle: &Path,
+    ) -> Vec<OsString> {
         let mut args = self.global_args();
         args.extend([
             "restore".into(),
@@ -126,7 +137,8 @@ impl Runc {
         criu_log: &Path,
         timeout: std::time::Duration,
     ) -> Result<std::time::Duration> {
-        let stderr = File::create(stderr_path).map_err(io_err(format!("create {}", stderr_path.display())))?;
+        let stderr = File::create(stderr_path)
+            .map_err(io_err(format!("create {}", stderr_path.display())))?;
         let mut cmd = Command::new(&self.binary);
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -279,22 +291,54 @@ mod tests {
 
     #[test]
     fn runc_args_carry_root_criu_paths_and_leave_running() {
-        let r = Runc::new("/usr/sbin/runc", "/run/r", Criu::new("/usr/local/sbin/criu"));
+        let r = Runc::new(
+            "/usr/sbin/runc",
+            "/run/r",
+            Criu::new("/usr/local/sbin/criu"),
+        );
         assert_eq!(
             strs(&r.checkpoint_args("c1", Path::new("/s/app"), true)),
             [
-                "--root", "/run/r", "--criu", "/usr/local/sbin/criu", "checkpoint",
-                "--image-path", "/s/app", "--work-path", "/s/app", "--leave-running", "c1"
+                "--root",
+                "/run/r",
+                "--criu",
+                "/usr/local/sbin/criu",
+                "checkpoint",
+                "--image-path",
+                "/s/app",
+                "--work-path",
+                "/s/app",
+                "--leave-running",
+                "c1"
             ]
         );
-        assert!(!strs(&r.checkpoint_args("c1", Path::new("/s/app"), false))
-            .contains(&"--leave-running".to_string()));
+        assert!(
+            !strs(&r.checkpoint_args("c1", Path::new("/s/app"), false))
+                .contains(&"--leave-running".to_string())
+        );
         assert_eq!(
-            strs(&r.restore_args("c2", Path::new("/w/app"), Path::new("/w/app"), Path::new("/b"))),
+            strs(&r.restore_args(
+                "c2",
+                Path::new("/w/app"),
+                Path::new("/w/app"),
+                Path::new("/b")
+            )),
             [
-                "--root", "/run/r", "--criu", "/usr/local/sbin/criu", "restore", "--detach",
-                "--image-path", "/w/app", "--work-path", "/w/app", "--bundle", "/b",
-                "--pid-file", "/w/app/runc.pid", "c2"
+                "--root",
+                "/run/r",
+                "--criu",
+                "/usr/local/sbin/criu",
+                "restore",
+                "--detach",
+                "--image-path",
+                "/w/app",
+                "--work-path",
+                "/w/app",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/w/app/runc.pid",
+                "c2"
             ]
         );
     }

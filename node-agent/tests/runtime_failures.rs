@@ -62,7 +62,10 @@ fn dumping_a_pid_that_does_not_exist_fails_with_criu_s_error_line() {
     assert!(err.to_string().contains(&log.display().to_string()));
     let text = std::fs::read_to_string(log).unwrap();
     let last = text.lines().rfind(|l| l.contains("Error (")).unwrap();
-    assert!(message.ends_with(last.split_once(") ").unwrap().1.trim()), "{message} vs {last}");
+    assert!(
+        message.ends_with(last.split_once(") ").unwrap().1.trim()),
+        "{message} vs {last}"
+    );
     staging.discard().unwrap();
 }
 
@@ -89,7 +92,10 @@ fn a_restore_that_fails_reports_criu_s_errors_and_keeps_the_image() {
     let out = runtime
         .checkpoint(&process_job(pid, true), &staging)
         .expect("leave-running dump");
-    assert!(out.still_running && alive(pid), "leave-running stopped the process");
+    assert!(
+        out.still_running && alive(pid),
+        "leave-running stopped the process"
+    );
     let manifest = staging.build_manifest(out.meta).unwrap();
     let image = staging.publish(&manifest).unwrap();
     let published = snapshot(&image.dir);
@@ -130,7 +136,9 @@ fn a_restore_that_fails_reports_criu_s_errors_and_keeps_the_image() {
     let _ = child.kill();
     let _ = child.wait();
     let job = RestoreJob::new(tmp.path().join("work3"));
-    let restored = runtime.restore(&job, &image).expect("restore after the pid is free");
+    let restored = runtime
+        .restore(&job, &image)
+        .expect("restore after the pid is free");
     let _guard = KillOnDrop(restored.restored[0].pid.unwrap());
     assert_eq!(restored.restored[0].pid, Some(pid));
     assert!(alive(pid));

@@ -65,7 +65,10 @@ fn sim_gpu_workload_checkpoints_into_the_store_and_restores_in_parallel_with_plu
     assert_eq!(out.meta.kind, ImageKind::Criu);
     assert_eq!(out.meta.source.containers, ["main"]);
     assert!(
-        out.meta.criu_version.as_deref().is_some_and(|v| v.starts_with('4')),
+        out.meta
+            .criu_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with('4')),
         "criu version {:?}",
         out.meta.criu_version
     );
@@ -74,10 +77,18 @@ fn sim_gpu_workload_checkpoints_into_the_store_and_restores_in_parallel_with_plu
     assert_eq!(dump_stats.vendor.as_str(), "sim");
     assert_eq!(out.meta.gpu_vendor, Some(dump_stats.vendor));
     let log = out.containers[0].log.clone().unwrap();
-    assert!(log.starts_with(staging.dir()), "dump log {log:?} not in the image");
+    assert!(
+        log.starts_with(staging.dir()),
+        "dump log {log:?} not in the image"
+    );
 
     let manifest = staging.build_manifest(out.meta.clone()).unwrap();
-    assert!(manifest.files.iter().any(|f| f.path == "main/criu-dump.log"));
+    assert!(
+        manifest
+            .files
+            .iter()
+            .any(|f| f.path == "main/criu-dump.log")
+    );
     assert!(
         manifest
             .files
@@ -102,7 +113,11 @@ fn sim_gpu_workload_checkpoints_into_the_store_and_restores_in_parallel_with_plu
 
     let after = workload.verify();
     assert!(after.host_ok, "host memory differs after restore");
-    assert_eq!(after.devices_ok, [true], "device memory differs after restore");
+    assert_eq!(
+        after.devices_ok,
+        [true],
+        "device memory differs after restore"
+    );
     assert!(
         after.counter >= before.counter,
         "the workload's step counter went back: {} < {}",
@@ -110,14 +125,20 @@ fn sim_gpu_workload_checkpoints_into_the_store_and_restores_in_parallel_with_plu
         before.counter
     );
 
-    let stats = restored.plugin_stats.clone().expect("the plugin's restore stats");
+    let stats = restored
+        .plugin_stats
+        .clone()
+        .expect("the plugin's restore stats");
     assert_eq!(stats.operation, Operation::Restore);
     assert_eq!(stats.vendor.as_str(), "sim");
     assert_eq!(stats.mode, RestoreMode::Parallel);
     assert_eq!(stats.total_bytes(), 8 << 20);
     let host = restored.host_restore.expect("host restore seconds");
     let gpu = restored.gpu_restore.expect("gpu phase seconds");
-    assert!(host > Duration::ZERO && gpu > Duration::ZERO, "{host:?} {gpu:?}");
+    assert!(
+        host > Duration::ZERO && gpu > Duration::ZERO,
+        "{host:?} {gpu:?}"
+    );
     assert!(restored.duration >= gpu);
     assert_eq!(restored.restored[0].plugin_stats.as_ref(), Some(&stats));
     // CRIU's restore log is in the restore dir, not in the image.
@@ -176,5 +197,9 @@ fn staging_manifest(
     location: &str,
     meta: ferry_agent::store::ImageMeta,
 ) -> ferry_agent::store::Manifest {
-    store.resume(location).unwrap().build_manifest(meta).unwrap()
+    store
+        .resume(location)
+        .unwrap()
+        .build_manifest(meta)
+        .unwrap()
 }

@@ -110,7 +110,11 @@ fn a_runc_container_restored_under_a_new_id_continues_its_count() {
     assert_eq!(s.containers.state(&id), None, "runc still knows {id}");
     let at_dump = counter(&s.bundle).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(counter(&s.bundle), Some(at_dump), "the container kept counting");
+    assert_eq!(
+        counter(&s.bundle),
+        Some(at_dump),
+        "the container kept counting"
+    );
 
     let new_id = unique_id("count-restored");
     s.containers.track(&new_id);
@@ -125,9 +129,11 @@ fn a_runc_container_restored_under_a_new_id_continues_its_count() {
     assert!(r.log.exists() && r.log.starts_with(s.tmp.path().join("work-1")));
 
     // The count continues from the dumped value (a fresh start would restart at 1).
-    wait_for("the restored container to count", Duration::from_secs(10), || {
-        counter(&s.bundle).is_some_and(|c| c > at_dump)
-    });
+    wait_for(
+        "the restored container to count",
+        Duration::from_secs(10),
+        || counter(&s.bundle).is_some_and(|c| c > at_dump),
+    );
     let first = counter(&s.bundle).unwrap();
     assert!(
         first > at_dump && first <= at_dump + 20,
@@ -135,7 +141,10 @@ fn a_runc_container_restored_under_a_new_id_continues_its_count() {
     );
     std::thread::sleep(Duration::from_millis(500));
     let later = counter(&s.bundle).unwrap();
-    assert!(later > first, "the restored container stopped counting ({later} <= {first})");
+    assert!(
+        later > first,
+        "the restored container stopped counting ({later} <= {first})"
+    );
 
     assert_image_intact(&s.store, &image, &published);
 }
@@ -151,9 +160,11 @@ fn leave_running_keeps_the_original_running_and_a_busy_id_fails_the_restore_inta
     let published = snapshot(&image.dir);
     assert_eq!(s.containers.state(&id).as_deref(), Some("running"));
     let c0 = counter(&s.bundle).unwrap();
-    wait_for("the original to keep counting", Duration::from_secs(10), || {
-        counter(&s.bundle).is_some_and(|c| c > c0 + 2)
-    });
+    wait_for(
+        "the original to keep counting",
+        Duration::from_secs(10),
+        || counter(&s.bundle).is_some_and(|c| c > c0 + 2),
+    );
 
     // Restoring into the id of the running original fails; the error carries runc's reason,
     // the image is untouched and the original still runs.

@@ -79,7 +79,14 @@ pub fn plugin_artifacts() -> (PathBuf, PathBuf) {
             return found;
         }
         let out = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "ferry-criu-plugin", "--lib", "--bins"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "ferry-criu-plugin",
+                "--lib",
+                "--bins",
+            ])
             .arg("--manifest-path")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
             .arg("--target-dir")
@@ -136,7 +143,9 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         kill(self.0);
         let t = Instant::now();
-        while Path::new(&format!("/proc/{}", self.0)).exists() && t.elapsed() < Duration::from_secs(10) {
+        while Path::new(&format!("/proc/{}", self.0)).exists()
+            && t.elapsed() < Duration::from_secs(10)
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -170,7 +179,11 @@ pub fn assert_image_intact(store: &Store, image: &Image, before: &BTreeMap<Strin
         .unwrap()
         .verify()
         .expect("the stored image verifies");
-    assert_eq!(&snapshot(&image.dir), before, "the restore touched the image dir");
+    assert_eq!(
+        &snapshot(&image.dir),
+        before,
+        "the restore touched the image dir"
+    );
 }
 
 // ---- the sim-GPU workload ----
@@ -194,8 +207,14 @@ pub struct SimStatus {
 impl SimWorkload {
     pub fn env(dir: &Path) -> Vec<(String, String)> {
         vec![
-            ("FERRY_SIM_ROOT".into(), dir.join("sim-root").display().to_string()),
-            ("FERRY_SIM_MEM".into(), dir.join("sim-mem").display().to_string()),
+            (
+                "FERRY_SIM_ROOT".into(),
+                dir.join("sim-root").display().to_string(),
+            ),
+            (
+                "FERRY_SIM_MEM".into(),
+                dir.join("sim-mem").display().to_string(),
+            ),
         ]
     }
 
@@ -221,18 +240,25 @@ impl SimWorkload {
             status,
             child: Some(child),
         };
-        wait_for("sim workload ready", Duration::from_secs(60), || w.status.exists());
+        wait_for("sim workload ready", Duration::from_secs(60), || {
+            w.status.exists()
+        });
         w
     }
 
     /// Asks the process to verify its host and device memory; returns the fresh status.
     pub fn verify(&self) -> SimStatus {
-        let before = std::fs::metadata(&self.status).and_then(|m| m.modified()).ok();
+        let before = std::fs::metadata(&self.status)
+            .and_then(|m| m.modified())
+            .ok();
         let trigger = PathBuf::from(format!("{}.verify", self.status.display()));
         std::fs::write(&trigger, b"").unwrap();
         wait_for("workload verify", Duration::from_secs(60), || {
             !trigger.exists()
-                && std::fs::metadata(&self.status).and_then(|m| m.modified()).ok() != before
+                && std::fs::metadata(&self.status)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    != before
         });
         serde_json::from_slice(&std::fs::read(&self.status).unwrap()).unwrap()
     }
@@ -280,9 +306,14 @@ pub fn busybox_bundle(dir: &Path) -> PathBuf {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "runc spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     spec["process"]["terminal"] = false.into();
     spec["process"]["args"] = serde_json::json!([
         "/bin/sh",
@@ -363,7 +394,9 @@ impl Drop for RuncContainers {
         for id in self.ids.borrow().iter() {
             let _ = self.runc(&["kill", id, "KILL"]);
             let t = Instant::now();
-            while self.state(id).as_deref() == Some("running") && t.elapsed() < Duration::from_secs(5) {
+            while self.state(id).as_deref() == Some("running")
+                && t.elapsed() < Duration::from_secs(5)
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = self.runc(&["delete", "-f", id]);
@@ -374,7 +407,9 @@ impl Drop for RuncContainers {
                 format!("/sys/fs/cgroup/{id}/cgroup.procs"),
             ] {
                 if let Ok(text) = std::fs::read_to_string(&procs) {
-                    text.lines().filter_map(|l| l.trim().parse().ok()).for_each(kill);
+                    text.lines()
+                        .filter_map(|l| l.trim().parse().ok())
+                        .for_each(kill);
                 }
             }
         }
