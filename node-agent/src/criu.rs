@@ -359,17 +359,43 @@ pub fn freeze_offset(log: &str) -> Option<Duration> {
     })
 }
 
-/// When the tasks were frozen: `started` (the wall clock when CRIU was started) plus the log's
-/// [`freeze_offset`]; `started` itself when the log has no freeze line. CRIU's log clock starts
-/// when CRIU sets up its log, a few ms after exec, so this is accurate to a few ms.
+/// When the tasks were frozen: the log's clock origin plus the log's [`freeze_offset`].
+///
+/// CRIU's log timestamps count from when it set up the log, which is when it created the log
+/// file, so the origin is the log file's birth time (`statx` btime); where the filesystem has
+/// none, `started` (the wall clock when the tool was started: for runc that is early by runc's
+/// own setup before it starts CRIU, tens of ms). Without a freeze line, the origin itself.
 pub fn frozen_at(started: Timestamp, log: &Path) -> Timestamp {
+    let origin = log_birth(log)
+        // A birth time before the run started would be a stale file: ignore it.
+        .filter(|b| {
+            *b >= started
+                .checked_sub(jiff::SignedDuration::from_secs(1))
+                .unwrap_or(started)
+        })
+        .unwrap_or(started);
     let offset = std::fs::read_to_string(log)
         .ok()
         .and_then(|text| freeze_offset(&text));
     match offset.and_then(|o| jiff::SignedDuration::try_from(o).ok()) {
-        Some(o) => started.checked_add(o).unwrap_or(started),
-        None => started,
+        Some(o) => origin.checked_add(o).unwrap_or(origin),
+        None => origin,
     }
+}
+
+/// The birth time of `path`, where the filesystem records one.
+fn log_birth(path: &Path) -> Option<Timestamp> {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::BTIME,
+    )
+    .ok()?;
+    if st.stx_mask & rustix::fs::StatxFlags::BTIME.bits() == 0 {
+        return None;
+    }
+    Timestamp::new(st.stx_btime.tv_sec, st.stx_btime.tv_nsec as i32).ok()
 }
 
 /// The environment for ferry's plugin from a task's options.
@@ -504,6 +530,29 @@ mod tests {
                 "-v4"
             ]
         );
+    }
+
+    #[test]
+    fn frozen_at_counts_from_the_log_file_s_birth() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("dump.log");
+        let before = Timestamp::now();
+        std::fs::write(
+            &log,
+            "(00.000000) start\n(00.250000) SEIZE 7 (comm x): success\n",
+        )
+        .unwrap();
+        let after = Timestamp::now();
+        let f = frozen_at(before, &log);
+        let lo = before
+            .checked_add(jiff::SignedDuration::from_millis(240))
+            .unwrap();
+        let hi = after
+            .checked_add(jiff::SignedDuration::from_millis(260))
+            .unwrap();
+        assert!(f >= lo && f <= hi, "{f} not in [{lo}, {hi}]");
+        // No log: the start.
+        assert_eq!(frozen_at(before, &tmp.path().join("none")), before);
     }
 
     #[test]

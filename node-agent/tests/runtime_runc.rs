@@ -70,10 +70,17 @@ fn job(id: &str, leave_running: bool) -> CheckpointJob {
 
 fn checkpoint(s: &Setup, location: &str, id: &str, leave_running: bool) -> Image {
     let staging = s.store.stage(location).unwrap();
+    let called = jiff::Timestamp::now();
     let out = s
         .runc
         .checkpoint(&job(id, leave_running), &staging)
         .expect("runc checkpoint through the agent");
+    let returned = jiff::Timestamp::now();
+    assert!(
+        out.frozen_at >= called && out.frozen_at <= returned,
+        "frozen_at {} outside [{called}, {returned}]",
+        out.frozen_at
+    );
     assert_eq!(out.still_running, leave_running);
     assert!(out.meta.criu_version.is_some());
     assert!(out.plugin_stats.is_none(), "no GPU in a busybox container");
