@@ -3,8 +3,17 @@
 //!
 //! The binary (`src/main.rs`) wires these together; each module is one idea.
 
+pub mod checkpoint;
+pub mod criu;
+mod exec;
+pub mod grants;
 pub mod http;
 pub mod intake;
+pub mod kubelet;
 pub mod lease;
 pub mod metrics;
+pub mod process_tree;
+pub mod restore;
+pub mod runc;
 pub mod store;
+pub mod worker;
