@@ -4,3 +4,4 @@
 //! The binary (`src/main.rs`) wires these together; each module is one idea.
 
 pub mod store;
+pub mod transfer;
