@@ -16,4 +16,5 @@ pub mod process_tree;
 pub mod restore;
 pub mod runc;
 pub mod store;
+pub mod transfer;
 pub mod worker;

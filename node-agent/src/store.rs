@@ -693,6 +693,15 @@ impl Staging {
     /// [`Staging::build_manifest`]), writes the manifest, fsyncs everything and renames the
     /// directory into place. Never replaces an existing image.
     pub fn publish(self, manifest: &Manifest) -> Result<Image> {
+        let bytes = manifest.to_bytes();
+        self.publish_bytes(manifest, bytes)
+    }
+
+    /// Like [`Staging::publish`], but stores `bytes` as the manifest verbatim: `manifest` must
+    /// be what they parse to ([`Manifest::from_bytes`]). A transfer publishes the source's
+    /// manifest bytes unchanged, so the image keeps its digest (a re-serialization could differ,
+    /// e.g. in a float's last digit or in the order of keys of a JSON value).
+    pub fn publish_bytes(self, manifest: &Manifest, bytes: Vec<u8>) -> Result<Image> {
         let staged = list_files(&self.partial)?;
         let listed: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
         if staged.iter().map(String::as_str).ne(listed.iter().copied()) {
@@ -732,7 +741,6 @@ impl Staging {
                 dirs.insert(parent.to_path_buf());
             }
         }
-        let bytes = manifest.to_bytes();
         let manifest_path = self.partial.join(MANIFEST_FILE);
         {
             let mut file = File::create(&manifest_path)
