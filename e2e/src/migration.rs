@@ -61,8 +61,12 @@ pub struct MigrationReport {
     pub status: Value,
     /// The Restore NodeTask's final `status`.
     pub restore_task: Value,
-    /// The target agent's `ferry_*` metric lines.
+    /// The Checkpoint NodeTask's final `status`.
+    pub checkpoint_task: Value,
+    /// The target agent's `ferry_*` metric lines (histogram buckets left out).
     pub target_metrics: Vec<String>,
+    /// The source agent's `ferry_*` metric lines (histogram buckets left out).
+    pub source_metrics: Vec<String>,
     /// The restored workload's verification (its status file after a verify).
     pub verify: Value,
     /// Pid of the original workload and of its restored copy.
@@ -77,13 +81,21 @@ pub struct MigrationReport {
 struct Guard {
     name: String,
     child: Child,
+    /// SIGTERM first (agents and operator shut down cleanly), or SIGKILL at once (a
+    /// pid-namespace init ignores SIGTERM).
+    term_first: bool,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         let pid = self.child.id() as i32;
+        let signal = if self.term_first {
+            rustix::process::Signal::TERM
+        } else {
+            rustix::process::Signal::KILL
+        };
         if let Some(pgid) = rustix::process::Pid::from_raw(pid) {
-            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::TERM);
+            let _ = rustix::process::kill_process_group(pgid, signal);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -95,6 +107,17 @@ impl Drop for Guard {
         let _ = self.child.kill();
         let _ = self.child.wait();
         eprintln!("{} did not stop on SIGTERM; killed", self.name);
+    }
+}
+
+/// A process (a pid-namespace init, which ignores SIGTERM) SIGKILLed on drop.
+struct PidGuard(i32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -113,6 +136,7 @@ fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Guard> {
     Ok(Guard {
         name: name.to_string(),
         child,
+        term_first: true,
     })
 }
 
@@ -230,6 +254,9 @@ pub fn run(opts: &MigrationOptions) -> Result<MigrationReport> {
     ));
     for ns in [SYSTEM_NAMESPACE, NAMESPACE] {
         cluster.kubectl(&["create", "namespace", ns])?;
+        // No controller-manager runs (nothing here needs one): create what its service
+        // account controller would, so that pods pass admission.
+        cluster.kubectl(&["create", "serviceaccount", "default", "-n", ns])?;
     }
     // Operator and agents run with exactly the RBAC of manifests/rbac/, bound to the users
     // of the harness's client certificates.
@@ -327,7 +354,9 @@ pub fn run(opts: &MigrationOptions) -> Result<MigrationReport> {
     let status_file = work.join("status.json");
     let mut workload = Command::new("unshare");
     workload
-        .args(["--pid", "--fork", "--kill-child", "setsid"])
+        // No --kill-child: CRIU restores the parent-death signal too, and the restored copy's
+        // parent (CRIU, detached) exits right away. The workload is killed by pid instead.
+        .args(["--pid", "--fork", "setsid"])
         .arg(&workload_bin)
         .args([
             "--devices",
@@ -338,13 +367,15 @@ pub fn run(opts: &MigrationOptions) -> Result<MigrationReport> {
         .args(["--host-mib", &opts.host_mib.to_string(), "--status"])
         .arg(&status_file)
         .envs(sim_env.iter().map(|(k, v)| (*k, v.as_str())));
-    let unshare = spawn("workload", workload, &work.join("workload.log"))?;
+    let mut unshare = spawn("workload", workload, &work.join("workload.log"))?;
+    unshare.term_first = false;
     let original = wait_for("the workload", Duration::from_secs(60), || {
         Ok(children(unshare.child.id() as i32)
             .first()
             .copied()
             .filter(|_| status_file.exists()))
     })?;
+    let original_guard = PidGuard(original);
     let before = verify(&status_file)?;
     say(format!(
         "workload pid {original}: {} MiB sim VRAM, {} MiB host memory, step {}",
@@ -392,7 +423,15 @@ spec:
     cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&request))?;
     let mut last_phase = String::new();
     let status = wait_for("the request to finish", Duration::from_secs(300), || {
-        let req = cluster.kubectl_json(&["get", "checkpointrequest", REQUEST, "-n", NAMESPACE])?;
+        let req = cluster.kubectl_json(&[
+            "get",
+            "checkpointrequest",
+            REQUEST,
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ])?;
         let phase = req["status"]["phase"].as_str().unwrap_or("").to_string();
         if phase != last_phase {
             say(format!(
@@ -411,6 +450,18 @@ spec:
             &format!("{REQUEST}-restore"),
             "-n",
             NAMESPACE,
+        ])
+        .map(|t| t["status"].clone())
+        .unwrap_or(Value::Null);
+    let checkpoint_task = cluster
+        .kubectl_json(&[
+            "get",
+            "nodetask",
+            &format!("{REQUEST}-checkpoint"),
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
         ])
         .map(|t| t["status"].clone())
         .unwrap_or(Value::Null);
@@ -440,27 +491,30 @@ spec:
                         .unwrap_or(false)
             }))
     })?;
+    let _restored_guard = PidGuard(restored);
     // The source pod is gone (deleteSource): stop its process, as its kubelet would.
+    drop(original_guard);
     drop(unshare);
     wait_for("the original to exit", Duration::from_secs(10), || {
         Ok((!alive(original)).then_some(()))
     })?;
     let after = verify(&status_file)?;
-    let metrics = http_get(metrics_ports[1], "/metrics")?;
-    let target_metrics = metrics
-        .lines()
-        .filter(|l| l.starts_with("ferry_") && !l.contains("_bucket{"))
-        .map(str::to_string)
-        .collect();
-    // The restored copy lives outside every guard: stop it.
-    if let Some(pid) = rustix::process::Pid::from_raw(restored) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    }
+    let ferry_lines = |port: u16| -> Result<Vec<String>> {
+        Ok(http_get(port, "/metrics")?
+            .lines()
+            .filter(|l| l.starts_with("ferry_") && !l.contains("_bucket{"))
+            .map(str::to_string)
+            .collect())
+    };
+    let source_metrics = ferry_lines(metrics_ports[0])?;
+    let target_metrics = ferry_lines(metrics_ports[1])?;
     drop(agents);
     Ok(MigrationReport {
         status,
         restore_task,
+        checkpoint_task,
         target_metrics,
+        source_metrics,
         counters: (
             before["counter"].as_u64().unwrap_or(0),
             after["counter"].as_u64().unwrap_or(0),

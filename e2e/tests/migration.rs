@@ -71,11 +71,22 @@ fn a_sim_gpu_workload_migrates_between_two_real_agents_through_the_operator() {
         "{}",
         report.status
     );
-    let transfer = &report.restore_task["result"]["transfer"];
+    // The checkpoint ran once (a stale cache must not re-run a finished task).
     assert!(
-        transfer["bytes"].as_i64().unwrap_or(0) > 64 << 20,
-        "{}",
-        report.restore_task
+        report
+            .source_metrics
+            .iter()
+            .any(|l| l == "ferry_tasks_total{operation=\"Checkpoint\",result=\"Succeeded\"} 1"),
+        "{:#?}",
+        report.source_metrics
+    );
+    assert!(
+        report
+            .source_metrics
+            .iter()
+            .any(|l| l == "ferry_checkpoint_duration_seconds_count{vendor=\"sim\"} 1"),
+        "{:#?}",
+        report.source_metrics
     );
     // The workload continued from its state, with host and device memory intact.
     assert_ne!(report.pids.0, report.pids.1);

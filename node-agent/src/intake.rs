@@ -111,6 +111,10 @@ pub struct IntakeConfig {
 }
 
 struct Context {
+    /// Tasks this process finished: the watch cache may still show them `Running` (our own
+    /// status writes queue another reconcile), and such a stale copy must not look like a
+    /// task left behind by a previous agent process.
+    finished: std::sync::Mutex<std::collections::HashSet<String>>,
     client: Client,
     config: IntakeConfig,
     executor: Arc<dyn Executor>,
@@ -143,6 +147,7 @@ pub async fn run(
     let workers = config.workers.max(1);
     let mut stop = shutdown.clone();
     let ctx = Arc::new(Context {
+        finished: Default::default(),
         client,
         config,
         executor,
@@ -179,6 +184,22 @@ async fn reconcile(task: Arc<NodeTask>, ctx: Arc<Context>) -> Result<Action, Int
     let namespace = task
         .namespace()
         .ok_or_else(|| IntakeError::NoNamespace(task.name_any()))?;
+    let uid = task.uid().unwrap_or_default();
+    if ctx
+        .finished
+        .lock()
+        .is_ok_and(|finished| finished.contains(&uid))
+    {
+        return Ok(Action::await_change());
+    }
+    // The cache can lag behind the API server: decide on the current object.
+    let api: Api<NodeTask> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(task) = api.get_opt(&task.name_any()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
+    if task.phase().is_terminal() || task.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let span = info_span!(
         "task",
         namespace = %namespace,
@@ -309,6 +330,9 @@ async fn run_task(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    if let Ok(mut finished) = ctx.finished.lock() {
+        finished.insert(task.uid().unwrap_or_default());
     }
     ctx.metrics
         .task(task.spec.operation.as_str(), result_label.as_str());

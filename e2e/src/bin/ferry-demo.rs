@@ -84,6 +84,11 @@ fn main() -> Result<()> {
         report.verify["hostOk"],
         report.verify["devicesOk"]
     );
+    if std::env::var_os("FERRY_DEMO_DEBUG").is_some() {
+        println!("\nrequest status: {:#}", report.status);
+        println!("checkpoint task: {:#}", report.checkpoint_task);
+        println!("restore task: {:#}", report.restore_task);
+    }
     println!("\nmetrics exported by the target agent (/metrics, ferry_*; buckets omitted):");
     for line in &report.target_metrics {
         println!("  {line}");
