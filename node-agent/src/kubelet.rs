@@ -285,7 +285,9 @@ impl Checkpointer for KubeletApi {
             // The kubelet freezes during the call; its CRIU log is inside the archive, so the
             // request's start is the freeze instant's bound here.
             frozen_at.get_or_insert_with(jiff::Timestamp::now);
+            let asked = Instant::now();
             let (status, body) = self.post(&path, job.timeout + Duration::from_secs(30))?;
+            let tool_wall = asked.elapsed();
             let items = Self::parse_response(status, &body)?;
             let archive = self.local_archive(&items[0])?;
             let dest = staging.file_path(&format!("{name}.tar"))?;
@@ -296,6 +298,7 @@ impl Checkpointer for KubeletApi {
                 path: dest,
                 log: None,
                 plugin_stats: None,
+                tool_wall,
             });
         }
         Ok(CheckpointOutcome {

@@ -114,6 +114,8 @@ pub struct Restored {
     pub log: PathBuf,
     /// The plugin's restore stats, when it restored a device.
     pub plugin_stats: Option<PluginStats>,
+    /// Wall time of the tool run itself (CRIU or runc).
+    pub tool_wall: Duration,
 }
 
 /// What a restore did.

@@ -212,6 +212,7 @@ impl Checkpointer for Runc {
                 path: dir,
                 log: Some(log),
                 plugin_stats,
+                tool_wall: wall,
             });
         }
         let plugin_stats =
@@ -274,6 +275,7 @@ impl Restorer for Runc {
                 container_id: Some(id.clone()),
                 log,
                 plugin_stats,
+                tool_wall: wall,
             });
         }
         Ok(RestoreOutcome::new(restored, start.elapsed()))
