@@ -2,12 +2,17 @@
 //! the runtime's state root (`/run/containerd/runc/k8s.io` for containerd's CRI namespace).
 //!
 //! **ferry's plugin under runc.** runc drives CRIU over RPC (`criu swrk`) and has no
-//! `--libdir`; CRIU then loads the plugins of its built-in plugin dir (`/usr/lib/criu` as
-//! `scripts/install-deps` builds CRIU), and CRIU's RPC mode also reads `/etc/criu/runc.conf`
-//! (a `libdir /path` line there works too, but for every runc checkpoint on the node). ferry
-//! installs the plugin into CRIU's plugin dir (the DaemonSet copies the `.so` there), which
-//! is what DESIGN.md §4 prescribes. runc runs `criu swrk` with its own environment, so the
-//! job's env (`FERRY_PARALLEL_RESTORE`, `FERRY_SIM_*`, …) is passed to runc.
+//! `--libdir`. CRIU finds the plugin in one of three ways, all tried here:
+//! 1. CRIU's built-in plugin dir (`/usr/lib/criu` as `scripts/install-deps` builds CRIU):
+//!    ferry's DaemonSet copies the `.so` there (DESIGN.md §4). Node-wide; the default.
+//! 2. A CRIU config file with a `libdir` line ([`criu_config`]) named by the container's
+//!    OCI annotation [`CRIU_CONFIG_ANNOTATION`] (`org.criu.config`), which runc hands to CRIU
+//!    for that container only. For pods, containerd copies pod annotations listed in its
+//!    runtime's `pod_annotations` allowlist into the OCI spec. Tested in `runtime_runc.rs`.
+//! 3. `/etc/criu/runc.conf`, which runc passes to CRIU when no annotation names a file.
+//!
+//! runc runs `criu swrk` with its own environment, so the job's env
+//! (`FERRY_PARALLEL_RESTORE`, `FERRY_SIM_*`, …) is passed to runc and reaches the plugin.
 //!
 //! Layout: `<image>/<name>/` holds CRIU's images, runc's `descriptors.json`, CRIU's
 //! `dump.log` (runc's `--work-path` is the image dir, so the log is part of the image) and
@@ -44,6 +49,15 @@ pub const RUNC_CHECKPOINT_STDERR: &str = "runc-checkpoint.log";
 pub const RUNC_RESTORE_STDERR: &str = "runc-restore.log";
 /// The restored container's init pid, in the restore dir.
 pub const RUNC_PIDFILE: &str = "runc.pid";
+
+/// The OCI annotation naming a CRIU config file for one container (runc reads it).
+pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
+
+/// A CRIU config file that loads plugins from `libdir` (for [`CRIU_CONFIG_ANNOTATION`] or
+/// `/etc/criu/runc.conf`).
+pub fn criu_config(libdir: &Path) -> String {
+    format!("libdir {}\n", libdir.display())
+}
 
 /// runc under one state root.
 #[derive(Debug)]

@@ -325,6 +325,22 @@ pub fn busybox_bundle(dir: &Path) -> PathBuf {
     bundle
 }
 
+/// The count, waiting out a torn read (the shell truncates the file, then writes).
+pub fn count(bundle: &Path) -> u64 {
+    let t = Instant::now();
+    loop {
+        if let Some(c) = counter(bundle) {
+            return c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no count in the counter file"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The counter file's value; `None` while it is missing or mid-write.
 pub fn counter(bundle: &Path) -> Option<u64> {
     std::fs::read_to_string(bundle.join("rootfs/data/counter"))
         .ok()
