@@ -171,7 +171,7 @@ impl Runc {
                 t.lines()
                     .rev()
                     .find(|l| !l.trim().is_empty())
-                    .map(|l| l.trim().to_string())
+                    .map(runc_message)
             })
             .unwrap_or_else(|| "no output".into());
         let criu_says = if criu_log.exists() {
@@ -188,6 +188,21 @@ impl Runc {
             message,
             log: criu_log.to_path_buf(),
         })
+    }
+}
+
+/// The message of a runc (logrus) error line, first line only:
+/// `time="…" level=error msg="criu failed: type NOTIFY errno 0\nlog file: …"` →
+/// `criu failed: type NOTIFY errno 0`. Other lines are returned trimmed.
+pub fn runc_message(line: &str) -> String {
+    let line = line.trim();
+    match line.split_once("msg=\"") {
+        Some((_, rest)) => {
+            let msg = rest.strip_suffix('"').unwrap_or(rest);
+            let first = msg.split("\\n").next().unwrap_or(msg);
+            first.replace("\\\"", "\"").trim().to_string()
+        }
+        None => line.to_string(),
     }
 }
 
@@ -303,6 +318,21 @@ mod tests {
 
     fn strs(a: &[OsString]) -> Vec<String> {
         a.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn runc_error_lines_are_reduced_to_their_message() {
+        assert_eq!(
+            runc_message(
+                r#"time="2026-11-26T04:39:08Z" level=error msg="criu failed: type NOTIFY errno 0\nlog file: /x/dump.log""#
+            ),
+            "criu failed: type NOTIFY errno 0"
+        );
+        assert_eq!(
+            runc_message(r#"time="t" level=error msg="container with id exists: c1""#),
+            "container with id exists: c1"
+        );
+        assert_eq!(runc_message("  plain words "), "plain words");
     }
 
     #[test]

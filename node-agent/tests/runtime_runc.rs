@@ -242,3 +242,50 @@ fn ferry_s_plugin_runs_under_runc_through_the_org_criu_config_annotation() {
     assert!(out.plugin_stats.is_none());
     assert_eq!(s.containers.state(&new_id).as_deref(), Some("running"));
 }
+
+#[test]
+fn a_failed_runc_checkpoint_names_criu_s_error_and_the_container_keeps_running() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup();
+    // stdout on a host file outside the container's mounts: CRIU cannot dump that fd
+    // without --external options, so the dump fails.
+    let id = unique_id("unfit");
+    let out_file = std::fs::File::create(s.tmp.path().join("host-stdout")).unwrap();
+    s.containers
+        .run_with_stdout(&id, &s.bundle, std::process::Stdio::from(out_file));
+    wait_for("the container to count", Duration::from_secs(30), || {
+        counter(&s.bundle).is_some_and(|c| c >= 3)
+    });
+    let staging = s.store.stage("default/counter/unfit").unwrap();
+    let err = s
+        .runc
+        .checkpoint(&job(&id, false), &staging)
+        .expect_err("the dump must fail");
+    eprintln!("runc checkpoint error: {err}");
+    let RuntimeError::Tool {
+        tool,
+        op,
+        message,
+        log,
+        ..
+    } = &err
+    else {
+        panic!("unexpected error {err}");
+    };
+    assert_eq!((*tool, *op), ("runc", "checkpoint"));
+    assert!(message.starts_with("runc: "), "{message}");
+    assert!(message.contains("criu: Error ("), "{message}");
+    assert!(message.contains("Dumping FAILED"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    // CRIU's log stays in the staged image for the operator.
+    assert!(log.starts_with(staging.dir()) && log.exists());
+    // A failed dump leaves the container running.
+    assert_eq!(s.containers.state(&id).as_deref(), Some("running"));
+    let c0 = count(&s.bundle);
+    wait_for(
+        "the container to go on counting",
+        Duration::from_secs(10),
+        || counter(&s.bundle).is_some_and(|c| c > c0),
+    );
+    staging.discard().unwrap();
+}

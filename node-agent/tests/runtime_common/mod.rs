@@ -379,6 +379,11 @@ impl RuncContainers {
     /// `runc run -d` of `bundle` as `id`, stdio on /dev/null (what CRIU can dump without
     /// external-file options).
     pub fn run(&self, id: &str, bundle: &Path) {
+        self.run_with_stdout(id, bundle, Stdio::null());
+    }
+
+    /// `runc run -d` with the container's stdout on `stdout`.
+    pub fn run_with_stdout(&self, id: &str, bundle: &Path, stdout: Stdio) {
         self.track(id);
         let status = Command::new(RUNC)
             .arg("--root")
@@ -387,7 +392,7 @@ impl RuncContainers {
             .arg(bundle)
             .arg(id)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .status()
             .unwrap();
