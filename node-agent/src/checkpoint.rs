@@ -126,6 +126,9 @@ pub struct ContainerCheckpoint {
     pub log: Option<PathBuf>,
     /// The plugin's dump stats, when it handled a device.
     pub plugin_stats: Option<PluginStats>,
+    /// Wall time of the tool run itself (CRIU, runc, or the kubelet's answer); the rest of
+    /// [`CheckpointOutcome::duration`] is the agent's own work.
+    pub tool_wall: Duration,
 }
 
 /// What a checkpoint produced.

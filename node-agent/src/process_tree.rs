@@ -81,6 +81,7 @@ impl Checkpointer for ProcessTree {
                 path: dir,
                 log: Some(run.log),
                 plugin_stats,
+                tool_wall: run.wall,
             });
         }
         let plugin_stats =
@@ -131,6 +132,7 @@ impl Restorer for ProcessTree {
                 name: name.clone(),
                 pid: Some(pid),
                 container_id: None,
+                tool_wall: run.wall,
                 log: run.log,
                 plugin_stats,
             });

@@ -114,6 +114,8 @@ pub struct Restored {
     pub log: PathBuf,
     /// The plugin's restore stats, when it restored a device.
     pub plugin_stats: Option<PluginStats>,
+    /// Wall time of the tool run itself (CRIU or runc).
+    pub tool_wall: Duration,
 }
 
 /// What a restore did.
@@ -207,6 +209,9 @@ fn link_tree(src: &Path, dst: &Path) -> Result<()> {
             match std::fs::hard_link(entry.path(), &to) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    // Correct but slow for GPU-sized images: keep the work dir on the store's
+                    // filesystem.
+                    tracing::warn!(file = %entry.path().display(), restore_dir = %dst.display(), "restore dir is on another filesystem than the image; copying");
                     std::fs::copy(entry.path(), &to)
                         .map_err(io_err(format!("copy {}", to.display())))?;
                 }

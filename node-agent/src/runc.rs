@@ -2,12 +2,17 @@
 //! the runtime's state root (`/run/containerd/runc/k8s.io` for containerd's CRI namespace).
 //!
 //! **ferry's plugin under runc.** runc drives CRIU over RPC (`criu swrk`) and has no
-//! `--libdir`; CRIU then loads the plugins of its built-in plugin dir (`/usr/lib/criu` as
-//! `scripts/install-deps` builds CRIU), and CRIU's RPC mode also reads `/etc/criu/runc.conf`
-//! (a `libdir /path` line there works too, but for every runc checkpoint on the node). ferry
-//! installs the plugin into CRIU's plugin dir (the DaemonSet copies the `.so` there), which
-//! is what DESIGN.md §4 prescribes. runc runs `criu swrk` with its own environment, so the
-//! job's env (`FERRY_PARALLEL_RESTORE`, `FERRY_SIM_*`, …) is passed to runc.
+//! `--libdir`. CRIU finds the plugin in one of three ways, all tried here:
+//! 1. CRIU's built-in plugin dir (`/usr/lib/criu` as `scripts/install-deps` builds CRIU):
+//!    ferry's DaemonSet copies the `.so` there (DESIGN.md §4). Node-wide; the default.
+//! 2. A CRIU config file with a `libdir` line ([`criu_config`]) named by the container's
+//!    OCI annotation [`CRIU_CONFIG_ANNOTATION`] (`org.criu.config`), which runc hands to CRIU
+//!    for that container only. For pods, containerd copies pod annotations listed in its
+//!    runtime's `pod_annotations` allowlist into the OCI spec. Tested in `runtime_runc.rs`.
+//! 3. `/etc/criu/runc.conf`, which runc passes to CRIU when no annotation names a file.
+//!
+//! runc runs `criu swrk` with its own environment, so the job's env
+//! (`FERRY_PARALLEL_RESTORE`, `FERRY_SIM_*`, …) is passed to runc and reaches the plugin.
 //!
 //! Layout: `<image>/<name>/` holds CRIU's images, runc's `descriptors.json`, CRIU's
 //! `dump.log` (runc's `--work-path` is the image dir, so the log is part of the image) and
@@ -44,6 +49,15 @@ pub const RUNC_CHECKPOINT_STDERR: &str = "runc-checkpoint.log";
 pub const RUNC_RESTORE_STDERR: &str = "runc-restore.log";
 /// The restored container's init pid, in the restore dir.
 pub const RUNC_PIDFILE: &str = "runc.pid";
+
+/// The OCI annotation naming a CRIU config file for one container (runc reads it).
+pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
+
+/// A CRIU config file that loads plugins from `libdir` (for [`CRIU_CONFIG_ANNOTATION`] or
+/// `/etc/criu/runc.conf`).
+pub fn criu_config(libdir: &Path) -> String {
+    format!("libdir {}\n", libdir.display())
+}
 
 /// runc under one state root.
 #[derive(Debug)]
@@ -157,7 +171,7 @@ impl Runc {
                 t.lines()
                     .rev()
                     .find(|l| !l.trim().is_empty())
-                    .map(|l| l.trim().to_string())
+                    .map(runc_message)
             })
             .unwrap_or_else(|| "no output".into());
         let criu_says = if criu_log.exists() {
@@ -174,6 +188,21 @@ impl Runc {
             message,
             log: criu_log.to_path_buf(),
         })
+    }
+}
+
+/// The message of a runc (logrus) error line, first line only:
+/// `time="…" level=error msg="criu failed: type NOTIFY errno 0\nlog file: …"` →
+/// `criu failed: type NOTIFY errno 0`. Other lines are returned trimmed.
+pub fn runc_message(line: &str) -> String {
+    let line = line.trim();
+    match line.split_once("msg=\"") {
+        Some((_, rest)) => {
+            let msg = rest.strip_suffix('"').unwrap_or(rest);
+            let first = msg.split("\\n").next().unwrap_or(msg);
+            first.replace("\\\"", "\"").trim().to_string()
+        }
+        None => line.to_string(),
     }
 }
 
@@ -212,6 +241,7 @@ impl Checkpointer for Runc {
                 path: dir,
                 log: Some(log),
                 plugin_stats,
+                tool_wall: wall,
             });
         }
         let plugin_stats =
@@ -274,6 +304,7 @@ impl Restorer for Runc {
                 container_id: Some(id.clone()),
                 log,
                 plugin_stats,
+                tool_wall: wall,
             });
         }
         Ok(RestoreOutcome::new(restored, start.elapsed()))
@@ -287,6 +318,21 @@ mod tests {
 
     fn strs(a: &[OsString]) -> Vec<String> {
         a.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn runc_error_lines_are_reduced_to_their_message() {
+        assert_eq!(
+            runc_message(
+                r#"time="2026-11-26T04:39:08Z" level=error msg="criu failed: type NOTIFY errno 0\nlog file: /x/dump.log""#
+            ),
+            "criu failed: type NOTIFY errno 0"
+        );
+        assert_eq!(
+            runc_message(r#"time="t" level=error msg="container with id exists: c1""#),
+            "container with id exists: c1"
+        );
+        assert_eq!(runc_message("  plain words "), "plain words");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use ferry_agent::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
 use ferry_agent::criu::RuntimeError;
 use ferry_agent::kubelet::KubeletApi;
 use ferry_agent::store::{ImageKind, ImageSource, Store};
+use ferry_api::stats::{GpuVendor, Operation, PluginStats};
 use http_body_util::Full;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use rustls::pki_types::pem::PemObject;
@@ -64,6 +65,34 @@ fn pki() -> Pki {
             ExtendedKeyUsagePurpose::ClientAuth,
         ),
     }
+}
+
+/// A checkpoint archive like the kubelet's: a tar with `checkpoint/` (CRIU images; for "app"
+/// with ferry's dump stats, as when the plugin ran in the kubelet's CRIU) and `config.dump`.
+fn write_archive(path: &std::path::Path, container: &str) {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("checkpoint")).unwrap();
+    std::fs::write(src.path().join("checkpoint/pages-1.img"), container).unwrap();
+    std::fs::write(src.path().join("config.dump"), b"{}").unwrap();
+    if container == "app" {
+        let stats = PluginStats::new(Operation::Dump, GpuVendor::Sim);
+        std::fs::write(
+            src.path()
+                .join("checkpoint")
+                .join(ferry_api::stats::DUMP_STATS_FILE),
+            stats.to_json(),
+        )
+        .unwrap();
+    }
+    let st = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(path)
+        .arg("-C")
+        .arg(src.path())
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar failed");
 }
 
 /// What the stand-in saw.
@@ -131,11 +160,7 @@ fn stand_in_kubelet(p: &Pki, dir: PathBuf, seen: Arc<Mutex<Seen>>) -> String {
                                     let name = format!(
                                         "checkpoint-{pod}_{ns}-{container}-2026-11-26T04:00:00Z.tar"
                                     );
-                                    std::fs::write(
-                                        dir.join(&name),
-                                        format!("archive of {container}"),
-                                    )
-                                    .unwrap();
+                                    write_archive(&dir.join(&name), container);
                                     let body = serde_json::json!({
                                         "items": [format!("/var/lib/kubelet/checkpoints/{name}")]
                                     });
@@ -223,14 +248,25 @@ fn stand_in_kubelet_checkpoint_api_archives_move_into_the_image() {
     );
     // The archives left the kubelet's dir and are the image's files.
     assert_eq!(std::fs::read_dir(&kubelet_dir).unwrap().count(), 0);
+    assert_eq!(
+        out.plugin_stats.as_ref().map(|st| st.vendor),
+        Some(GpuVendor::Sim)
+    );
+    assert!(out.containers[1].plugin_stats.is_none());
     let manifest = staging.build_manifest(out.meta).unwrap();
     let files: Vec<_> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(files, ["app.tar", "sidecar.tar"]);
+    let manifest_vendor = manifest.meta.gpu_vendor;
     let image = staging.publish(&manifest).unwrap();
     assert_eq!(
-        std::fs::read_to_string(image.dir.join("app.tar")).unwrap(),
-        "archive of app"
+        ferry_agent::kubelet::archive_member(&image.dir.join("app.tar"), "checkpoint/pages-1.img")
+            .unwrap()
+            .as_deref(),
+        Some(&b"app"[..])
     );
+    // ferry's dump stats, read from the archive, give the image its GPU vendor.
+    assert_eq!(manifest_vendor, Some(GpuVendor::Sim));
+    assert_eq!(image.manifest.meta.gpu_vendor, Some(GpuVendor::Sim));
 }
 
 #[test]

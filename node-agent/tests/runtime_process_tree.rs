@@ -203,3 +203,84 @@ fn staging_manifest(
         .build_manifest(meta)
         .unwrap()
 }
+
+#[test]
+fn two_process_trees_in_one_image_restore_from_their_subdirectories() {
+    require(&["criu"]);
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = scratch();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let runtime = ProcessTree::new(Criu::new(CRIU));
+    let mut children: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            std::process::Command::new("setsid")
+                .args(["sleep", "600"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+    for pid in &pids {
+        wait_for("sleep to exec", Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+    }
+    let staging = store.stage("ns/pod/two").unwrap();
+    let job = CheckpointJob::new(
+        ImageSource::default(),
+        vec![
+            ContainerTarget::Process {
+                name: "a".into(),
+                pid: pids[0],
+            },
+            ContainerTarget::Process {
+                name: "b".into(),
+                pid: pids[1],
+            },
+        ],
+    );
+    let out = runtime.checkpoint(&job, &staging).unwrap();
+    assert_eq!(out.containers.len(), 2);
+    assert!(out.plugin_stats.is_none(), "no plugin, no GPU");
+    let manifest = staging.build_manifest(out.meta).unwrap();
+    for c in ["a", "b"] {
+        assert!(
+            manifest
+                .files
+                .iter()
+                .any(|f| f.path == format!("{c}/criu-dump.log"))
+        );
+        assert!(
+            manifest
+                .files
+                .iter()
+                .any(|f| f.path == format!("{c}/pstree.img"))
+        );
+    }
+    let image = staging.publish(&manifest).unwrap();
+    let published = snapshot(&image.dir);
+    // The dump killed both; reap them so CRIU can have their pids back.
+    for c in &mut children {
+        let _ = c.wait();
+    }
+    // No containers named: every container the image lists.
+    let restored = runtime
+        .restore(&RestoreJob::new(tmp.path().join("work")), &image)
+        .unwrap();
+    let _guards: Vec<_> = restored
+        .restored
+        .iter()
+        .map(|r| KillOnDrop(r.pid.unwrap()))
+        .collect();
+    let got: Vec<_> = restored
+        .restored
+        .iter()
+        .map(|r| (r.name.as_str(), r.pid.unwrap()))
+        .collect();
+    assert_eq!(got, [("a", pids[0]), ("b", pids[1])]);
+    assert!(pids.iter().all(|p| alive(*p)));
+    assert_image_intact(&store, &image, &published);
+}

@@ -49,6 +49,8 @@ struct Sample {
     checkpoint_s: f64,
     restore_s: f64,
     total_s: f64,
+    /// Agent only: its own time around the runc runs (call wall − runc wall), both calls.
+    agent_overhead_s: f64,
 }
 
 #[derive(Serialize, Debug)]
@@ -168,6 +170,11 @@ impl Bench {
         let t = Instant::now();
         let out = runc.checkpoint(&job, &staging)?;
         let checkpoint_s = t.elapsed().as_secs_f64();
+        let mut tool_s: f64 = out
+            .containers
+            .iter()
+            .map(|c| c.tool_wall.as_secs_f64())
+            .sum();
         let t = Instant::now();
         let manifest = staging.build_manifest(out.meta)?;
         let image = staging.publish(&manifest)?;
@@ -181,14 +188,20 @@ impl Bench {
             bundle: self.bundle.clone(),
         }];
         let t = Instant::now();
-        runc.restore(&rjob, &image)?;
+        let restored = runc.restore(&rjob, &image)?;
         let restore_s = t.elapsed().as_secs_f64();
+        tool_s += restored
+            .restored
+            .iter()
+            .map(|r| r.tool_wall.as_secs_f64())
+            .sum::<f64>();
         self.remove(&new_id);
         Ok((
             Sample {
                 checkpoint_s,
                 restore_s,
                 total_s: checkpoint_s + restore_s,
+                agent_overhead_s: checkpoint_s + restore_s - tool_s,
             },
             publish_s,
         ))
@@ -254,6 +267,7 @@ impl Bench {
             checkpoint_s,
             restore_s,
             total_s: checkpoint_s + restore_s,
+            agent_overhead_s: 0.0,
         })
     }
 }
@@ -269,6 +283,11 @@ impl Drop for Bench {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // The agent's own logs (each tool run's wall time), to stderr, with RUST_LOG set.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     ensure!(args.runs > 0, "--runs must be at least 1");
     ensure!(
         rustix::process::geteuid().is_root(),
@@ -339,6 +358,10 @@ fn main() -> Result<()> {
         report.ratio,
         report.target_ratio,
         median(publish)
+    );
+    println!(
+        "agent's own time around the runc runs (call wall − runc wall, checkpoint + restore): median {:.2} ms",
+        m(&report.agent, |s| s.agent_overhead_s) * 1000.0
     );
     if bench.args.json {
         println!("\n{}", serde_json::to_string_pretty(&report)?);

@@ -325,6 +325,22 @@ pub fn busybox_bundle(dir: &Path) -> PathBuf {
     bundle
 }
 
+/// The count, waiting out a torn read (the shell truncates the file, then writes).
+pub fn count(bundle: &Path) -> u64 {
+    let t = Instant::now();
+    loop {
+        if let Some(c) = counter(bundle) {
+            return c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no count in the counter file"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The counter file's value; `None` while it is missing or mid-write.
 pub fn counter(bundle: &Path) -> Option<u64> {
     std::fs::read_to_string(bundle.join("rootfs/data/counter"))
         .ok()
@@ -363,6 +379,11 @@ impl RuncContainers {
     /// `runc run -d` of `bundle` as `id`, stdio on /dev/null (what CRIU can dump without
     /// external-file options).
     pub fn run(&self, id: &str, bundle: &Path) {
+        self.run_with_stdout(id, bundle, Stdio::null());
+    }
+
+    /// `runc run -d` with the container's stdout on `stdout`.
+    pub fn run_with_stdout(&self, id: &str, bundle: &Path, stdout: Stdio) {
         self.track(id);
         let status = Command::new(RUNC)
             .arg("--root")
@@ -371,7 +392,7 @@ impl RuncContainers {
             .arg(bundle)
             .arg(id)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .status()
             .unwrap();
