@@ -116,6 +116,22 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+
+    /// This machine cannot run real kubelet + containerd nodes (checked before starting any).
+    #[error("real kubelet + containerd nodes cannot run on this machine: {reason}")]
+    RealNodesUnsupported {
+        /// The missing capability.
+        reason: String,
+    },
+
+    /// A real node could not be set up or driven.
+    #[error("real node {node}: {what}")]
+    Node {
+        /// The node (`ferry-node-a`; `-` before a node is named).
+        node: String,
+        /// What went wrong.
+        what: String,
+    },
 }
 
 /// Shorthand for results of harness operations.
