@@ -109,14 +109,32 @@ pub fn host_ip() -> Result<IpAddr> {
     }
 }
 
-/// The host-wide lock real-node clusters take turns on (released when dropped).
+/// The kernel settings a kubelet sets at start (`protectKernelDefaults: false`, its default:
+/// with `true` it refuses to start where they differ). They are host-wide, and two of them
+/// matter to whatever else the machine runs (`vm.overcommit_memory=1`, `kernel.panic_on_oops=1`),
+/// so [`NodeLock`] saves them before real nodes start and puts them back after.
+pub const KUBELET_SYSCTLS: [&str; 6] = [
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+];
+/// Where [`NodeLock`] keeps the saved [`KUBELET_SYSCTLS`] (`name=value` lines) while nodes run;
+/// a file left by a killed run is restored from by the next lock holder.
+pub const SAVED_SYSCTLS_FILE: &str = "/run/lock/ferry-e2e-real-nodes.sysctls";
+
+/// The host-wide lock real-node clusters take turns on (released when dropped, after the
+/// kernel settings the kubelets changed are put back).
 #[derive(Debug)]
 pub struct NodeLock {
     _file: File,
 }
 
 impl NodeLock {
-    /// Waits for the lock, then removes what earlier real-node runs left behind.
+    /// Waits for the lock, removes what earlier real-node runs left behind, and saves the
+    /// kernel settings kubelets change.
     pub fn acquire() -> Result<Self> {
         let path = Path::new(LOCK_FILE);
         if let Some(parent) = path.parent() {
@@ -132,8 +150,49 @@ impl NodeLock {
             .map_err(std::io::Error::from)
             .io_context("locking the real-node lock", path)?;
         sweep_stale();
+        // A saved file here was left by a run killed before it could restore: restore from it
+        // (it holds the values from before that run), else save the current values.
+        let saved = Path::new(SAVED_SYSCTLS_FILE);
+        if saved.exists() {
+            restore_sysctls();
+        }
+        let values: String = KUBELET_SYSCTLS
+            .iter()
+            .filter_map(|name| {
+                let value = fs::read_to_string(Path::new("/proc/sys").join(name)).ok()?;
+                Some(format!("{name}={}\n", value.trim()))
+            })
+            .collect();
+        write(saved, &values)?;
         Ok(Self { _file: file })
     }
+}
+
+impl Drop for NodeLock {
+    fn drop(&mut self) {
+        restore_sysctls();
+    }
+}
+
+/// Writes back the values in [`SAVED_SYSCTLS_FILE`] and removes it (best effort).
+fn restore_sysctls() {
+    let saved = Path::new(SAVED_SYSCTLS_FILE);
+    let Ok(values) = fs::read_to_string(saved) else {
+        return;
+    };
+    for line in values.lines() {
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        if !KUBELET_SYSCTLS.contains(&name) {
+            continue;
+        }
+        let path = Path::new("/proc/sys").join(name);
+        if let Err(e) = fs::write(&path, value) {
+            eprintln!("ferry-e2e: could not restore {}: {e}", path.display());
+        }
+    }
+    let _ = fs::remove_file(saved);
 }
 
 /// What a node needs from its cluster.
@@ -451,13 +510,15 @@ impl RealNode {
     fn containerd_config(&self, binaries: &NodeBinaries, index: usize) -> String {
         let c = self.dir.join("containerd");
         let d = |p: &Path| toml_string(&p.display().to_string());
-        // Version 3 is containerd 2.x's format. Everything host-wide by default is moved into
-        // the node's directory (runc root, opt dir, network namespaces) or turned off (NRI).
+        // Version 4 is containerd 2.3's format (3 is migrated with a warning at every start).
+        // Everything host-wide by default is moved into the node's directory (runc root, opt
+        // dir, network namespaces) or turned off (NRI, the /etc/containerd/conf.d imports).
         format!(
             r#"# {name}'s containerd, written by ferry's e2e harness.
-version = 3
+version = 4
 root = {root}
 state = {state}
+imports = []
 # Node {index}: keeps the OOM score of the harness; pods get the kubelet's scores.
 oom_score = 0
 

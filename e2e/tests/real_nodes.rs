@@ -3,7 +3,8 @@
 //! register and become Ready, run a pod each from the locally built counter image (nothing is
 //! pulled), the pods' processes are visible on the host, `kubectl logs` reaches them, the
 //! kubelet checkpoint API (through the API server's node proxy) writes an archive with CRIU's
-//! images in it, and teardown leaves no process, mount, cgroup or bridge behind.
+//! images in it, and teardown leaves no process, mount, cgroup or bridge behind and puts back
+//! the kernel settings the kubelets changed.
 //!
 //! One test runs the whole sequence, because starting two real nodes costs tens of seconds.
 //! On a machine that cannot run real nodes (not root, no cgroup controllers, no overlayfs) it
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ferry_e2e::node::{CGROUP_PARENT, unsupported_reason};
+use ferry_e2e::node::{CGROUP_PARENT, KUBELET_SYSCTLS, unsupported_reason};
 use ferry_e2e::{COUNTER_IMAGE, Cluster, Options, cluster::process_exists};
 
 fn counter_pod(name: &str, node: &str) -> String {
@@ -61,6 +62,7 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
         eprintln!("SKIP real-node smoke test: {reason}");
         return;
     }
+    let sysctls_before = sysctls();
     let cluster = Cluster::start(Options::control_plane().with_real_nodes(2))
         .unwrap_or_else(|e| panic!("starting 2 real nodes: {e}"));
     eprintln!(
@@ -214,4 +216,16 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
     }
     assert!(!Path::new("/sys/class/net/ferry-a0").exists());
     assert!(!Path::new("/sys/class/net/ferry-b0").exists());
+    // The kernel settings the kubelets changed are back.
+    assert_eq!(sysctls(), sysctls_before);
+}
+
+fn sysctls() -> Vec<(String, String)> {
+    KUBELET_SYSCTLS
+        .iter()
+        .map(|name| {
+            let value = std::fs::read_to_string(Path::new("/proc/sys").join(name)).unwrap();
+            (name.to_string(), value.trim().to_string())
+        })
+        .collect()
 }
