@@ -36,6 +36,8 @@ const DIR_PREFIX: &str = "ferry-e2e-";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long real nodes get to register and become Ready (containerd, image imports, kubelet).
 const REAL_NODE_READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a checkpoint through the kubelet API may take (CRIU dump and archive).
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 /// kubectl's per-request timeout.
 const KUBECTL_REQUEST_TIMEOUT: &str = "--request-timeout=60s";
 
@@ -359,9 +361,24 @@ impl Cluster {
         pod: &str,
         container: &str,
     ) -> Result<PathBuf> {
-        let uri = format!("/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}");
+        // Not through `kubectl_command`: kubectl's --request-timeout=60s becomes the query
+        // parameter `timeout=60s`, which the kubelet's checkpoint handler parses as whole
+        // seconds and answers 404 ("cannot parse value of timeout parameter"). The kubelet
+        // passes this timeout on to the runtime's checkpoint call.
+        let uri = format!(
+            "/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}?timeout={}",
+            CHECKPOINT_TIMEOUT.as_secs()
+        );
         let args = ["create", "--raw", uri.as_str(), "-f", "-"];
-        let out = self.kubectl_stdin(&args, Some(""))?;
+        let mut command = Command::new(&self.binaries.kubectl);
+        command
+            .arg(format!(
+                "--kubeconfig={}",
+                self.kubeconfig(User::Admin).display()
+            ))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        let out = checked(&args, run(command, Some(""), &self.binaries.kubectl)?)?;
         let reply: serde_json::Value =
             serde_json::from_str(&out).map_err(|source| Error::KubectlOutput {
                 args: args.join(" "),

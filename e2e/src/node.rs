@@ -91,7 +91,8 @@ pub fn unsupported_reason() -> Option<String> {
 pub fn host_ip() -> Result<IpAddr> {
     let probe = || -> std::io::Result<IpAddr> {
         let socket = UdpSocket::bind(("0.0.0.0", 0))?;
-        socket.connect(("192.0.2.255", 9))?;
+        // TEST-NET-3: never a local network, so the route to it is the default route.
+        socket.connect(("203.0.113.1", 9))?;
         Ok(socket.local_addr()?.ip())
     };
     match probe() {
@@ -130,7 +131,13 @@ pub const SAVED_SYSCTLS_FILE: &str = "/run/lock/ferry-e2e-real-nodes.sysctls";
 #[derive(Debug)]
 pub struct NodeLock {
     _file: File,
+    /// [`HOST_DIRS`] that did not exist when the lock was taken: removed when it is released.
+    created: Vec<&'static str>,
 }
+
+/// Directories kubelets and containerd create outside any configurable root: the kubelet's
+/// device-plugin socket directory, and containerd's shim socket and fifo directories.
+pub const HOST_DIRS: [&str; 2] = ["/var/lib/kubelet", "/run/containerd"];
 
 impl NodeLock {
     /// Waits for the lock, removes what earlier real-node runs left behind, and saves the
@@ -164,13 +171,27 @@ impl NodeLock {
             })
             .collect();
         write(saved, &values)?;
-        Ok(Self { _file: file })
+        let created = HOST_DIRS
+            .into_iter()
+            .filter(|d| !Path::new(d).exists())
+            .collect();
+        Ok(Self {
+            _file: file,
+            created,
+        })
     }
 }
 
 impl Drop for NodeLock {
     fn drop(&mut self) {
         restore_sysctls();
+        for dir in &self.created {
+            if let Err(e) = fs::remove_dir_all(dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("ferry-e2e: could not remove {dir}: {e}");
+            }
+        }
     }
 }
 
@@ -428,6 +449,7 @@ impl RealNode {
         }
         // Shims that were starting while containerd stopped.
         kill_all(&shims_of(&self.containerd_socket));
+        remove_shim_sockets(&self.dir.join("containerd/state"));
         unmount_under(&self.dir);
         remove_cgroups(&self.cgroup);
         delete_link(&self.bridge);
@@ -510,29 +532,35 @@ impl RealNode {
     fn containerd_config(&self, binaries: &NodeBinaries, index: usize) -> String {
         let c = self.dir.join("containerd");
         let d = |p: &Path| toml_string(&p.display().to_string());
-        // Version 4 is containerd 2.3's format (3 is migrated with a warning at every start).
-        // Everything host-wide by default is moved into the node's directory (runc root, opt
-        // dir, network namespaces) or turned off (NRI, the /etc/containerd/conf.d imports).
+        // Version 4 is containerd 2.3's format (3 is migrated with a warning at every start);
+        // in it the servers are plugins (`io.containerd.server.v1.grpc`, not `[grpc]`).
+        // Everything host-wide by default is moved into the node's directory (sockets, runc
+        // root, opt dir, network namespaces) or turned off (NRI's socket, the debug and
+        // metrics servers, the /etc/containerd/conf.d imports).
         format!(
             r#"# {name}'s containerd, written by ferry's e2e harness.
 version = 4
 root = {root}
 state = {state}
 imports = []
+disabled_plugins = ['io.containerd.nri.v1.nri']
 # Node {index}: keeps the OOM score of the harness; pods get the kubelet's scores.
 oom_score = 0
 
-[grpc]
+[plugins.'io.containerd.server.v1.grpc']
   address = {socket}
 
-[ttrpc]
+[plugins.'io.containerd.server.v1.ttrpc']
   address = {ttrpc}
+
+[plugins.'io.containerd.server.v1.debug']
+  address = ''
+
+[plugins.'io.containerd.server.v1.metrics']
+  address = ''
 
 [plugins.'io.containerd.internal.v1.opt']
   path = {opt}
-
-[plugins.'io.containerd.nri.v1.nri']
-  disable = true
 
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = 'overlayfs'
@@ -542,6 +570,11 @@ oom_score = 0
 
 [plugins.'io.containerd.cri.v1.runtime']
   netns_mounts_under_state_dir = true
+  # The kubelet asks for -998 (sandboxes) and -997 (Guaranteed pods); lowering a score needs
+  # CAP_SYS_RESOURCE, which sandboxed CI machines may not have in their bounding set (runc
+  # then fails: "nsexec: failed to update /proc/self/oom_score_adj: Permission denied").
+  # This clamps requested scores to containerd's own, so the nodes run either way.
+  restrict_oom_score_adj = true
   # Restore from a checkpoint image through CreateContainer: containerd 2.3.4+ has it off
   # by default (it is deprecated for KEP-5823's RestorePod); ferry's migration path uses it.
   enable_criu = true
@@ -627,6 +660,8 @@ oom_score = 0
             // only runs there when told not to refuse it.
             "failCgroupV1": false,
             "failSwapOn": false,
+            // The kubelet's own score (default -999) needs CAP_SYS_RESOURCE too; see above.
+            "oomScoreAdj": 0,
             "podLogsDir": self.dir.join("pod-logs"),
             "resolvConf": "/etc/resolv.conf",
             "maxPods": 20,
@@ -651,6 +686,30 @@ oom_score = 0
 impl Drop for RealNode {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// Removes the sockets of the shims a containerd with state directory `state` started: they
+/// live in containerd's fixed `/run/containerd/s/`, and each task's bundle records its shim's
+/// socket in a file named `address` (`unix:///run/containerd/s/<hash>`).
+fn remove_shim_sockets(state: &Path) {
+    let tasks = state.join("io.containerd.runtime.v2.task");
+    let Ok(namespaces) = fs::read_dir(&tasks) else {
+        return;
+    };
+    for bundle in namespaces
+        .flatten()
+        .filter_map(|ns| fs::read_dir(ns.path()).ok())
+        .flat_map(|bundles| bundles.flatten())
+    {
+        let Ok(address) = fs::read_to_string(bundle.path().join("address")) else {
+            continue;
+        };
+        if let Some(socket) = address.trim().strip_prefix("unix://")
+            && socket.starts_with("/run/containerd/s/")
+        {
+            let _ = fs::remove_file(socket);
+        }
     }
 }
 

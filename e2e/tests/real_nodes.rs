@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ferry_e2e::node::{CGROUP_PARENT, KUBELET_SYSCTLS, unsupported_reason};
+use ferry_e2e::node::{CGROUP_PARENT, HOST_DIRS, KUBELET_SYSCTLS, unsupported_reason};
 use ferry_e2e::{COUNTER_IMAGE, Cluster, Options, cluster::process_exists};
 
 fn counter_pod(name: &str, node: &str) -> String {
@@ -63,6 +63,7 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
         return;
     }
     let sysctls_before = sysctls();
+    let host_dirs_before: Vec<bool> = HOST_DIRS.iter().map(|d| Path::new(d).exists()).collect();
     let cluster = Cluster::start(Options::control_plane().with_real_nodes(2))
         .unwrap_or_else(|e| panic!("starting 2 real nodes: {e}"));
     eprintln!(
@@ -216,8 +217,11 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
     }
     assert!(!Path::new("/sys/class/net/ferry-a0").exists());
     assert!(!Path::new("/sys/class/net/ferry-b0").exists());
-    // The kernel settings the kubelets changed are back.
+    // The kernel settings the kubelets changed are back, and the host directories they and
+    // containerd create outside their roots are gone unless they were there before.
     assert_eq!(sysctls(), sysctls_before);
+    let host_dirs_after: Vec<bool> = HOST_DIRS.iter().map(|d| Path::new(d).exists()).collect();
+    assert_eq!(host_dirs_after, host_dirs_before, "{HOST_DIRS:?}");
 }
 
 fn sysctls() -> Vec<(String, String)> {
