@@ -3,7 +3,8 @@
 //! register and become Ready, run a pod each from the locally built counter image (nothing is
 //! pulled), the pods' processes are visible on the host, `kubectl logs` reaches them, the
 //! kubelet checkpoint API (through the API server's node proxy) writes an archive with CRIU's
-//! images in it, and teardown leaves no process, mount, cgroup or bridge behind and puts back
+//! images in it, that archive made into a checkpoint image restores the container on the other
+//! node (counting on from where it was), and teardown leaves no process, mount, cgroup or bridge behind and puts back
 //! the kernel settings the kubelets changed.
 //!
 //! One test runs the whole sequence, because starting two real nodes costs tens of seconds.
@@ -15,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ferry_e2e::node::{CGROUP_PARENT, HOST_DIRS, KUBELET_SYSCTLS, unsupported_reason};
+use ferry_e2e::node::{
+    CGROUP_PARENT, HOST_DIRS, KUBELET_SYSCTLS, checkpoint_image, unsupported_reason,
+};
 use ferry_e2e::{COUNTER_IMAGE, Cluster, Options, cluster::process_exists};
 
 fn counter_pod(name: &str, node: &str) -> String {
@@ -38,6 +41,17 @@ fn counter_pod(name: &str, node: &str) -> String {
         },
     })
     .to_string()
+}
+
+/// The count in a line `ferry-counter <n>` (kubectl's log) or `<time> stdout F ferry-counter <n>`
+/// (a CRI log file).
+fn count_of(line: &str) -> Option<u64> {
+    let (_, n) = line.split_once("ferry-counter ")?;
+    n.trim().parse().ok()
+}
+
+fn last_count(log: &str) -> Option<u64> {
+    log.lines().filter_map(count_of).next_back()
 }
 
 fn comm(pid: u32) -> String {
@@ -191,6 +205,74 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
     );
     // Checkpointing leaves the container running.
     assert!(process_exists(counter_pids[0]));
+
+    // Restore on the other node: the archive as a checkpoint image, imported into node b's
+    // containerd, and a pod on node b whose container uses it.
+    let last_dumped = last_count(&String::from_utf8_lossy(
+        &Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg("container.log")
+            .output()
+            .unwrap()
+            .stdout,
+    ))
+    .expect("the checkpoint's container.log has counts");
+    let image = cluster.dir().join("checkpoint-image.tar");
+    let reference = "localhost/ferry/checkpoint-counter-0:latest";
+    checkpoint_image(&archive, reference, "counter", &image).unwrap();
+    cluster.real_nodes()[1].import_image(&image).unwrap();
+    let mut restored_pod: serde_json::Value =
+        serde_json::from_str(&counter_pod("counter-restored", &names[1])).unwrap();
+    restored_pod["spec"]["containers"][0]["image"] = reference.into();
+    restored_pod["metadata"]["labels"]["app"] = "ferry-counter-restored".into();
+    cluster
+        .kubectl_stdin(&["create", "-f", "-"], Some(&restored_pod.to_string()))
+        .unwrap();
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/counter-restored",
+            "--timeout=120s",
+        ])
+        .unwrap_or_else(|e| panic!("restored pod not Ready: {e}\n{}", cluster.log_tails(40)));
+    let restored = cluster
+        .poll(
+            "the restored counter counting on",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let out = cluster
+                    .kubectl(&["logs", "counter-restored"])
+                    .map_err(|e| e.to_string())?;
+                match last_count(&out) {
+                    Some(n) if n > last_dumped + 2 => Ok(Some(out)),
+                    _ => Err(format!("log so far: {out:?}")),
+                }
+            },
+        )
+        .unwrap();
+    // Restored, not restarted: the count carries on from the checkpoint (a fresh start would
+    // count from 0 again after the log lines the checkpoint carried over).
+    let counts: Vec<u64> = restored.lines().filter_map(count_of).collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "the restored counter went backwards (restarted?):\n{restored}"
+    );
+    let restored_pids = cluster.real_nodes()[1].pod_pids();
+    let restored_counters: Vec<u32> = restored_pids
+        .iter()
+        .copied()
+        .filter(|p| comm(*p) == "ferry-counter" && !counter_pids.contains(p))
+        .collect();
+    assert_eq!(restored_counters.len(), 1, "{restored_pids:?}");
+    counter_pids.push(restored_counters[0]);
+    eprintln!(
+        "restored on {} from count {last_dumped}, now at {:?}",
+        names[1],
+        counts.last()
+    );
 
     // Teardown leaves nothing behind.
     let dir = cluster.dir().to_path_buf();
