@@ -796,6 +796,9 @@ fn remove_stale_dirs() {
         if let Some(pid) = owner
             && !process_exists(pid)
         {
+            // Mounts and shims of its real nodes first: removing files under live mounts
+            // would fail (netns bind mounts) or reach into container filesystems.
+            node::reclaim_stale_cluster_dir(&path);
             let _ = fs::remove_dir_all(&path);
         }
     }

@@ -143,6 +143,18 @@ impl NodeLock {
     /// Waits for the lock, removes what earlier real-node runs left behind, and saves the
     /// kernel settings kubelets change.
     pub fn acquire() -> Result<Self> {
+        Self::lock(true)?.ok_or_else(|| Error::Node {
+            node: "-".to_string(),
+            what: format!("{LOCK_FILE} was not locked although the lock call blocks"),
+        })
+    }
+
+    /// [`NodeLock::acquire`] if no other real-node cluster holds the lock, else `None`.
+    pub fn try_acquire() -> Result<Option<Self>> {
+        Self::lock(false)
+    }
+
+    fn lock(block: bool) -> Result<Option<Self>> {
         let path = Path::new(LOCK_FILE);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).io_context("creating the lock directory", parent)?;
@@ -153,38 +165,52 @@ impl NodeLock {
             .write(true)
             .open(path)
             .io_context("opening the real-node lock", path)?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(std::io::Error::from)
-            .io_context("locking the real-node lock", path)?;
+        let operation = if block {
+            rustix::fs::FlockOperation::LockExclusive
+        } else {
+            rustix::fs::FlockOperation::NonBlockingLockExclusive
+        };
+        match rustix::fs::flock(&file, operation) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) if !block => return Ok(None),
+            Err(e) => {
+                return Err(std::io::Error::from(e)).io_context("locking the real-node lock", path);
+            }
+        }
         sweep_stale();
         // A saved file here was left by a run killed before it could restore: restore from it
-        // (it holds the values from before that run), else save the current values.
+        // (it holds the values from before that run) and take over the host directories that
+        // run created; then save the current values.
         let saved = Path::new(SAVED_SYSCTLS_FILE);
-        if saved.exists() {
-            restore_sysctls();
-        }
-        let values: String = KUBELET_SYSCTLS
+        let mut created = if saved.exists() {
+            restore_sysctls()
+        } else {
+            Vec::new()
+        };
+        created.extend(HOST_DIRS.into_iter().filter(|d| !Path::new(d).exists()));
+        created.sort_unstable();
+        created.dedup();
+        let mut contents: String = KUBELET_SYSCTLS
             .iter()
             .filter_map(|name| {
                 let value = fs::read_to_string(Path::new("/proc/sys").join(name)).ok()?;
                 Some(format!("{name}={}\n", value.trim()))
             })
             .collect();
-        write(saved, &values)?;
-        let created = HOST_DIRS
-            .into_iter()
-            .filter(|d| !Path::new(d).exists())
-            .collect();
-        Ok(Self {
+        for dir in &created {
+            contents.push_str(&format!("{CREATED_KEY}={dir}\n"));
+        }
+        write(saved, &contents)?;
+        Ok(Some(Self {
             _file: file,
             created,
-        })
+        }))
     }
 }
 
 impl Drop for NodeLock {
     fn drop(&mut self) {
-        restore_sysctls();
+        let _ = restore_sysctls();
         for dir in &self.created {
             if let Err(e) = fs::remove_dir_all(dir)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -195,16 +221,25 @@ impl Drop for NodeLock {
     }
 }
 
-/// Writes back the values in [`SAVED_SYSCTLS_FILE`] and removes it (best effort).
-fn restore_sysctls() {
+/// The key of [`SAVED_SYSCTLS_FILE`] lines that name a created [`HOST_DIRS`] entry.
+const CREATED_KEY: &str = "created";
+
+/// Writes back the values in [`SAVED_SYSCTLS_FILE`] and removes it (best effort); returns the
+/// [`HOST_DIRS`] the file says its run created.
+fn restore_sysctls() -> Vec<&'static str> {
     let saved = Path::new(SAVED_SYSCTLS_FILE);
     let Ok(values) = fs::read_to_string(saved) else {
-        return;
+        return Vec::new();
     };
+    let mut created = Vec::new();
     for line in values.lines() {
         let Some((name, value)) = line.split_once('=') else {
             continue;
         };
+        if name == CREATED_KEY {
+            created.extend(HOST_DIRS.into_iter().filter(|d| *d == value));
+            continue;
+        }
         if !KUBELET_SYSCTLS.contains(&name) {
             continue;
         }
@@ -214,6 +249,7 @@ fn restore_sysctls() {
         }
     }
     let _ = fs::remove_file(saved);
+    created
 }
 
 /// What a node needs from its cluster.
@@ -839,6 +875,24 @@ fn remove_shim_sockets(state: &Path) {
             && socket.starts_with("/run/containerd/s/")
         {
             let _ = fs::remove_file(socket);
+        }
+    }
+}
+
+/// Cleans up after a cluster whose test process died (SIGKILL) while it ran real nodes in
+/// `dir`, before `dir` is removed: its kubelets and containerds died with it, but shims,
+/// containers and mounts did not. With the lock free, [`NodeLock`]'s sweep does everything
+/// (and puts back the kernel settings); with another cluster holding it, only what is
+/// certainly `dir`'s: its shims and its mounts.
+pub fn reclaim_stale_cluster_dir(dir: &Path) {
+    if !dir.join("nodes").exists() {
+        return;
+    }
+    match NodeLock::try_acquire() {
+        Ok(Some(lock)) => drop(lock),
+        _ => {
+            kill_all(&shims_of(dir));
+            unmount_under(dir);
         }
     }
 }

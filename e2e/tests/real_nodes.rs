@@ -17,7 +17,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use ferry_e2e::node::{
-    CGROUP_PARENT, HOST_DIRS, KUBELET_SYSCTLS, checkpoint_image, unsupported_reason,
+    CGROUP_PARENT, HOST_DIRS, KUBELET_SYSCTLS, SAVED_SYSCTLS_FILE, checkpoint_image,
+    unsupported_reason,
 };
 use ferry_e2e::{COUNTER_IMAGE, Cluster, Options, cluster::process_exists};
 
@@ -76,8 +77,13 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
         eprintln!("SKIP real-node smoke test: {reason}");
         return;
     }
-    let sysctls_before = sysctls();
-    let host_dirs_before: Vec<bool> = HOST_DIRS.iter().map(|d| Path::new(d).exists()).collect();
+    let sysctls_before = sysctls_to_expect();
+    // Host directories a killed run created count as absent: the harness removes them too.
+    let saved = std::fs::read_to_string(SAVED_SYSCTLS_FILE).unwrap_or_default();
+    let host_dirs_before: Vec<bool> = HOST_DIRS
+        .iter()
+        .map(|d| Path::new(d).exists() && !saved.lines().any(|l| l == format!("created={d}")))
+        .collect();
     let cluster = Cluster::start(Options::control_plane().with_real_nodes(2))
         .unwrap_or_else(|e| panic!("starting 2 real nodes: {e}"));
     eprintln!(
@@ -304,6 +310,23 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
     assert_eq!(sysctls(), sysctls_before);
     let host_dirs_after: Vec<bool> = HOST_DIRS.iter().map(|d| Path::new(d).exists()).collect();
     assert_eq!(host_dirs_after, host_dirs_before, "{HOST_DIRS:?}");
+}
+
+/// The kernel settings to expect after teardown: the current ones, or those a killed run saved
+/// before its kubelets changed them (the harness puts those back first).
+fn sysctls_to_expect() -> Vec<(String, String)> {
+    let saved = std::fs::read_to_string(SAVED_SYSCTLS_FILE).unwrap_or_default();
+    sysctls()
+        .into_iter()
+        .map(|(name, value)| {
+            let prefix = format!("{name}=");
+            let value = saved
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+                .unwrap_or(value);
+            (name, value)
+        })
+        .collect()
 }
 
 fn sysctls() -> Vec<(String, String)> {
