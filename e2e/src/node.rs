@@ -1167,3 +1167,72 @@ fn write(path: &Path, contents: &str) -> Result<()> {
     file.write_all(contents.as_bytes())
         .io_context("writing a node config", path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_are_named_by_letter() {
+        assert_eq!(node_name(0), "ferry-node-a");
+        assert_eq!(node_name(1), "ferry-node-b");
+        assert_eq!(node_name(25), "ferry-node-z");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/odd\04"), r"/odd\04");
+    }
+
+    #[test]
+    fn a_checkpoint_image_carries_the_archive_and_the_annotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("checkpoint.tar");
+        fs::write(
+            &archive,
+            b"not really a tar, the image does not look inside",
+        )
+        .unwrap();
+        let out = dir.path().join("image.tar");
+        checkpoint_image(&archive, "localhost/ferry/cp:v1", "counter", &out).unwrap();
+
+        let unpacked = dir.path().join("unpacked");
+        fs::create_dir(&unpacked).unwrap();
+        let status = Command::new("tar")
+            .arg("-xf")
+            .arg(&out)
+            .arg("-C")
+            .arg(&unpacked)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let index: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(unpacked.join("index.json")).unwrap())
+                .unwrap();
+        let entry = &index["manifests"][0];
+        assert_eq!(
+            entry["annotations"]["io.containerd.image.name"],
+            "localhost/ferry/cp:v1"
+        );
+        assert_eq!(entry["annotations"][CHECKPOINT_ANNOTATION], "counter");
+        let blob = |digest: &serde_json::Value| {
+            let digest = digest.as_str().unwrap().strip_prefix("sha256:").unwrap();
+            unpacked.join("blobs/sha256").join(digest)
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(blob(&entry["digest"])).unwrap()).unwrap();
+        assert_eq!(manifest["annotations"][CHECKPOINT_ANNOTATION], "counter");
+        let layer = fs::read(blob(&manifest["layers"][0]["digest"])).unwrap();
+        assert_eq!(layer, fs::read(&archive).unwrap());
+        assert_eq!(manifest["layers"][0]["size"], layer.len());
+        let config: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(blob(&manifest["config"]["digest"])).unwrap())
+                .unwrap();
+        assert_eq!(
+            config["rootfs"]["diff_ids"][0],
+            manifest["layers"][0]["digest"]
+        );
+    }
+}
