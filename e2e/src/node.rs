@@ -53,7 +53,7 @@ fn node_letter(index: usize) -> char {
 
 /// Why real nodes cannot run on this machine, or `None` when they can (as far as checks
 /// before starting anything tell): not root, no cgroup hierarchy with the controllers the
-/// kubelet needs, no overlay filesystem, no bridge support.
+/// kubelet needs, no non-loopback address for the nodes, no overlay filesystem.
 pub fn unsupported_reason() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return Some(
@@ -75,6 +75,9 @@ pub fn unsupported_reason() -> Option<String> {
         return Some(format!(
             "no cgroup hierarchy has the controllers {missing:?} (the kubelet needs them)"
         ));
+    }
+    if let Err(e) = host_ip() {
+        return Some(e.to_string());
     }
     let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if !filesystems
