@@ -96,6 +96,38 @@ pub mod annotation {
     /// On a checkpoint image built from a kubelet/CRIU archive: the container it holds. The
     /// runtimes (containerd restore-via-create, CRI-O) read this exact key.
     pub const CRIU_CHECKPOINT_CONTAINER_NAME: &str = "org.criu.checkpoint.container.name";
+    /// On an agent's Lease: the base URL of its transfer server (e.g. `https://10.0.0.7:9443`).
+    pub const TRANSFER_ENDPOINT: &str = "ferry.dev/transfer-endpoint";
+    /// On an agent's Lease: SHA-256 (hex) of its transfer server's certificate, which the
+    /// operator copies into Restore tasks so that the pulling agent pins it.
+    pub const TRANSFER_CERT_SHA256: &str = "ferry.dev/transfer-cert-sha256";
+    /// On a transfer token Secret: when the token stops being accepted (RFC 3339).
+    pub const TOKEN_EXPIRES_AT: &str = "ferry.dev/expires-at";
+    /// On a transfer token Secret: the image location the token may pull.
+    pub const IMAGE_LOCATION: &str = "ferry.dev/image-location";
+}
+
+/// The contract between the operator and the node agents (operator/README.md, "Agent
+/// readiness"; node-agent/README.md).
+pub mod agent {
+    /// Namespace of the agents' Leases unless configured otherwise.
+    pub const DEFAULT_NAMESPACE: &str = "ferry-system";
+    /// Prefix of an agent's Lease name; the rest is the node name.
+    pub const LEASE_PREFIX: &str = "ferry-agent-";
+    /// The transfer server's port when the Lease names no endpoint.
+    pub const DEFAULT_TRANSFER_PORT: u16 = 9443;
+    /// Key of the token in a transfer token Secret.
+    pub const TOKEN_KEY: &str = "token";
+
+    /// The name of the Lease of the agent on `node`.
+    pub fn lease_name(node: &str) -> String {
+        format!("{LEASE_PREFIX}{node}")
+    }
+
+    /// Name of a request's transfer token Secret.
+    pub fn token_secret_name(request: &str) -> String {
+        format!("{request}-transfer-token")
+    }
 }
 
 /// The finalizer the operator puts on a CheckpointRequest, so that deleting it first removes

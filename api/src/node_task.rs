@@ -12,7 +12,7 @@ use crate::storage::StorageSpec;
 use crate::validation::{
     DNS1123_LABEL_MAX_LENGTH, DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_MAX_LENGTH,
     DNS1123_SUBDOMAIN_PATTERN, ENDPOINT_HTTPS, LOCATION_RELATIVE, MAX_CONTAINERS, PATH_MAX_LENGTH,
-    SECRET_KEY_PATTERN, TIMEOUT_SECONDS_MAX, TIMEOUT_SECONDS_MIN,
+    SECRET_KEY_PATTERN, SHA256_HEX_PATTERN, TIMEOUT_SECONDS_MAX, TIMEOUT_SECONDS_MIN,
 };
 
 /// One checkpoint, restore or image deletion on one node, run by that node's agent.
@@ -145,6 +145,16 @@ pub struct TransferSource {
     pub endpoint: String,
     /// The Secret key holding the per-transfer bearer token, in the task's namespace.
     pub token_secret_ref: SecretKeyRef,
+    /// SHA-256 (hex) of the source agent's TLS certificate: the only certificate the pulling
+    /// agent accepts (agents pin each other's self-signed certificates; no shared CA key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SHA256_HEX_PATTERN))]
+    pub cert_sha256: Option<String>,
+    /// SHA-256 (hex) of the image manifest the checkpoint produced: the pulled image must be
+    /// that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SHA256_HEX_PATTERN))]
+    pub image_sha256: Option<String>,
 }
 
 /// A key of a Secret in the same namespace.

@@ -21,6 +21,9 @@ pub const DNS1123_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Maximum length of a DNS-1123 label.
 pub const DNS1123_LABEL_MAX_LENGTH: u32 = 63;
 
+/// A SHA-256 digest in lower-case hex.
+pub const SHA256_HEX_PATTERN: &str = r"^[0-9a-f]{64}$";
+
 /// A key in a Secret's `data` (`IsConfigMapKey`).
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 

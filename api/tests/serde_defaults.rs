@@ -350,6 +350,8 @@ fn full_task() -> NodeTask {
                     name: "move-trainer-transfer".into(),
                     key: "token".into(),
                 },
+                cert_sha256: Some("ab".repeat(32)),
+                image_sha256: None,
             }),
             image: ImageRef {
                 storage: StorageSpec::default(),

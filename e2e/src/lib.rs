@@ -10,6 +10,7 @@
 pub mod binaries;
 pub mod cluster;
 pub mod error;
+pub mod migration;
 pub mod node;
 pub mod pki;
 pub mod process;

@@ -1,10 +1,26 @@
-//! ferry-agent: the privileged per-node agent that drives CRIU, stores, streams and restores images.
-//!
-//! This build parses its flags, sets up logging and reports what it does not do yet:
-//! the NodeTask worker lands with the node-agent issue. It never pretends to do work.
+//! ferry-agent: the privileged per-node agent (DESIGN.md §4). Wiring only: flags, logging,
+//! the transfer server, the Lease, the task intake, GC and the HTTP endpoints.
 
-use anyhow::Result;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
+use ferry_agent::criu::Criu;
+use ferry_agent::grants::SecretGrants;
+use ferry_agent::http::{HttpState, router};
+use ferry_agent::intake::{self, IntakeConfig};
+use ferry_agent::lease::{self, LeaseConfig};
+use ferry_agent::metrics::Metrics;
+use ferry_agent::store::{GcPolicy, Store};
+use ferry_agent::transfer::{NodeIdentity, ServerTransport, TransferServer};
+use ferry_agent::worker::{RuntimeMode, Worker, WorkerConfig};
+use ferry_api::names::agent;
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -12,36 +28,319 @@ enum LogFormat {
     Json,
 }
 
-/// ferry node agent: checkpoint, transfer and restore containers on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Runtime {
+    /// containerd's runc containers (production).
+    Runc,
+    /// Host process trees named by the pod annotation `ferry.dev/pid` (demo and tests only).
+    Process,
+}
+
+/// ferry node agent: checkpoint, transfer and restore containers on this node. Reads the
+/// kubeconfig from $KUBECONFIG or ~/.kube/config, or the in-cluster service account.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty", env = "FERRY_LOG_FORMAT")]
     log_format: LogFormat,
+    /// This node's name (from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Namespace of the agents' Leases.
+    #[arg(long, default_value = agent::DEFAULT_NAMESPACE, env = "FERRY_AGENT_NAMESPACE")]
+    namespace: String,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9400", env = "FERRY_METRICS_ADDR")]
-    metrics_addr: String,
-    /// This node's name (from the downward API).
-    #[arg(long, env = "NODE_NAME", default_value = "local")]
-    node_name: String,
+    metrics_addr: SocketAddr,
+    /// Address of the TLS transfer server.
+    #[arg(long, default_value = "0.0.0.0:9443", env = "FERRY_TRANSFER_ADDR")]
+    transfer_addr: SocketAddr,
+    /// URL other agents pull from (published on the Lease). Default: https://<node IP>:<port>.
+    #[arg(long, env = "FERRY_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// This node's IP (downward API `status.hostIP`), for the default advertise URL.
+    #[arg(long, env = "NODE_IP")]
+    node_ip: Option<String>,
+    /// The image store (the default hostPath of CheckpointRequests).
+    #[arg(long, default_value = ferry_api::storage::DEFAULT_HOST_PATH, env = "FERRY_STORE")]
+    store: PathBuf,
+    /// Other host paths requests may name as their store (repeatable).
+    #[arg(
+        long = "allow-host-path",
+        env = "FERRY_ALLOWED_HOST_PATHS",
+        value_delimiter = ','
+    )]
+    allowed_host_paths: Vec<PathBuf>,
+    /// The agent's own state: TLS identity, restore work dirs.
+    #[arg(long, default_value = "/var/lib/ferry/agent", env = "FERRY_STATE_DIR")]
+    state_dir: PathBuf,
+    /// How pods map to processes.
+    #[arg(long, value_enum, default_value = "runc", env = "FERRY_RUNTIME")]
+    runtime: Runtime,
+    /// runc binary.
+    #[arg(long, default_value = "runc", env = "FERRY_RUNC")]
+    runc: PathBuf,
+    /// containerd's runc state dir.
+    #[arg(
+        long,
+        default_value = "/run/containerd/runc/k8s.io",
+        env = "FERRY_RUNC_ROOT"
+    )]
+    runc_root: PathBuf,
+    /// CRIU binary.
+    #[arg(long, default_value = "criu", env = "FERRY_CRIU")]
+    criu: PathBuf,
+    /// Directory with ferry's CRIU plugin (CRIU's --libdir). Default: CRIU's own (/usr/lib/criu).
+    #[arg(long, env = "FERRY_PLUGIN_DIR")]
+    plugin_dir: Option<PathBuf>,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 2, env = "FERRY_WORKERS")]
+    workers: u16,
+    /// Seconds between task heartbeats.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_seconds: u64,
+    /// Seconds the agent Lease is valid after a renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Seconds between Lease renewals.
+    #[arg(long, default_value_t = 5)]
+    lease_renew_seconds: u64,
+    /// After SIGTERM, seconds running tasks may still finish before they are failed.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_seconds: u64,
+    /// Delete images older than this many hours (0: never).
+    #[arg(long, default_value_t = 72, env = "FERRY_GC_TTL_HOURS")]
+    gc_ttl_hours: u64,
+    /// Keep the store under this many GiB, oldest images first (0: no quota).
+    #[arg(long, default_value_t = 0, env = "FERRY_GC_QUOTA_GIB")]
+    gc_quota_gib: u64,
+    /// Seconds between GC runs.
+    #[arg(long, default_value_t = 300)]
+    gc_every_seconds: u64,
 }
 
-fn main() -> Result<()> {
+#[tokio::main]
+async fn main() -> Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
-    tracing::info!(
-        metrics_addr = %args.metrics_addr,
+    let store = Store::open(&args.store)
+        .with_context(|| format!("opening the image store {}", args.store.display()))?;
+    let identity = NodeIdentity::load_or_create(&args.state_dir)
+        .context("loading or creating the transfer TLS identity")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // The transfer server: TLS with this node's pinned certificate, grants from Secrets.
+    let listener = tokio::net::TcpListener::bind(args.transfer_addr)
+        .await
+        .with_context(|| format!("binding the transfer server to {}", args.transfer_addr))?;
+    let transfer = TransferServer::spawn(
+        listener,
+        store.clone(),
+        Arc::new(SecretGrants::new(client.clone())),
+        ServerTransport::Tls(identity.server_config()?),
+    )?;
+    let advertise = match (&args.advertise_url, &args.node_ip) {
+        (Some(url), _) => url.clone(),
+        (None, Some(ip)) => {
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.clone()
+            };
+            format!("https://{host}:{}", transfer.local_addr().port())
+        }
+        (None, None) => format!("https://{}", transfer.local_addr()),
+    };
+    info!(
         node = %args.node_name,
-        group = ferry_api::GROUP,
-        "ferry-agent started"
+        transfer = %transfer.local_addr(),
+        advertise = %advertise,
+        cert_sha256 = %identity.fingerprint(),
+        store = %store.root().display(),
+        runtime = ?args.runtime,
+        "ferry-agent starting"
     );
-    tracing::warn!(
-        "the NodeTask worker is not implemented in this build; no task is watched or run"
+
+    // Served-bytes and auth-failure counters live in the server; mirror them into metrics.
+    {
+        let stats = transfer.stats();
+        let metrics = metrics.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let (mut served, mut refused) = (0u64, 0u64);
+            loop {
+                let now_served = stats.bytes_served.load(Ordering::Relaxed);
+                let now_refused = stats.auth_failures.load(Ordering::Relaxed);
+                metrics.served(now_served.saturating_sub(served));
+                for _ in refused..now_refused {
+                    metrics.auth_failure();
+                }
+                (served, refused) = (now_served, now_refused);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        });
+    }
+
+    let http = {
+        let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+            .await
+            .with_context(|| format!("binding {}", args.metrics_addr))?;
+        let app = router(HttpState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        });
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        })
+    };
+
+    let lease_task = tokio::spawn(lease::run(
+        client.clone(),
+        LeaseConfig {
+            namespace: args.namespace.clone(),
+            node: args.node_name.clone(),
+            transfer_endpoint: advertise,
+            cert_sha256: identity.fingerprint().to_string(),
+            duration: Duration::from_secs(args.lease_seconds),
+            renew_every: Duration::from_secs(args.lease_renew_seconds),
+        },
+        ready.clone(),
+        stop_rx.clone(),
+    ));
+
+    let gc_task = {
+        let store = store.clone();
+        let policy = GcPolicy {
+            ttl: (args.gc_ttl_hours > 0)
+                .then(|| jiff::SignedDuration::from_hours(args.gc_ttl_hours as i64)),
+            quota_bytes: (args.gc_quota_gib > 0).then_some(args.gc_quota_gib << 30),
+        };
+        let every = Duration::from_secs(args.gc_every_seconds.max(1));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                let store = store.clone();
+                let policy = policy.clone();
+                // Partials of running pulls are younger than the TTL; quota GC only deletes
+                // published images, oldest first.
+                match tokio::task::spawn_blocking(move || {
+                    store.gc(&policy, jiff::Timestamp::now(), &Default::default())
+                })
+                .await
+                {
+                    Ok(Ok(report)) if !report.deleted.is_empty() => {
+                        info!(deleted = ?report.deleted, freed = report.freed_bytes, "image GC")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "image GC failed"),
+                    Err(e) => warn!(error = %e, "image GC worker failed"),
+                }
+            }
+        })
+    };
+
+    let mut criu = Criu::new(&args.criu);
+    if let Some(dir) = &args.plugin_dir {
+        criu = criu.with_libdir(dir);
+    }
+    let runtime = match args.runtime {
+        Runtime::Runc => RuntimeMode::Runc {
+            binary: args.runc.clone(),
+            root: args.runc_root.clone(),
+        },
+        Runtime::Process => {
+            warn!(
+                "process runtime: pods name host process trees by annotation; for demos and tests only"
+            );
+            RuntimeMode::Process
+        }
+    };
+    // The sim GPU's settings reach the plugin through CRIU's environment.
+    let plugin_env = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("FERRY_SIM_") || k == "FERRY_CHUNK_SIZE" || k == "FERRY_IO_TIMEOUT"
+        })
+        .collect();
+    let worker = Worker::new(
+        client.clone(),
+        WorkerConfig {
+            node: args.node_name.clone(),
+            store_root: store.root().to_path_buf(),
+            allowed_host_paths: args.allowed_host_paths.clone(),
+            work_dir: args.state_dir.join("work"),
+            criu,
+            runtime,
+            plugin_env,
+        },
+        metrics.clone(),
     );
-    anyhow::bail!(
-        "ferry-agent: the NodeTask worker is not implemented yet (see the node-agent issue)"
-    )
+    let intake_task = tokio::spawn(intake::run(
+        client,
+        IntakeConfig {
+            node: args.node_name.clone(),
+            workers: args.workers,
+            heartbeat_every: Duration::from_secs(args.heartbeat_seconds.max(1)),
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        },
+        Arc::new(worker),
+        metrics,
+        stop_rx,
+    ));
+
+    shutdown_signal().await;
+    info!("SIGTERM: finishing running tasks, then stopping");
+    let _ = stop_tx.send(true);
+    if let Err(e) = intake_task.await {
+        warn!(error = %e, "task intake ended abnormally");
+    }
+    transfer
+        .shutdown(Duration::from_secs(args.shutdown_grace_seconds))
+        .await;
+    let _ = lease_task.await;
+    let _ = gc_task.await;
+    let _ = http.await;
+    info!("ferry-agent stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn init_tracing(format: LogFormat) {

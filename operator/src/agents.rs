@@ -11,16 +11,26 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 
-/// Prefix of an agent's Lease name; the rest is the node name.
-pub const LEASE_PREFIX: &str = "ferry-agent-";
+pub use ferry_api::names::agent::{DEFAULT_TRANSFER_PORT, LEASE_PREFIX, lease_name};
+use ferry_api::names::annotation::TRANSFER_CERT_SHA256;
 /// Annotation on the agent's Lease: its transfer server's base URL.
-pub const TRANSFER_ENDPOINT_ANNOTATION: &str = "ferry.dev/transfer-endpoint";
-/// The transfer server's port when the Lease names no endpoint.
-pub const DEFAULT_TRANSFER_PORT: u16 = 9443;
+pub use ferry_api::names::annotation::TRANSFER_ENDPOINT as TRANSFER_ENDPOINT_ANNOTATION;
 
-/// The name of the Lease of the agent on `node`.
-pub fn lease_name(node: &str) -> String {
-    format!("{LEASE_PREFIX}{node}")
+/// The SHA-256 of the agent's transfer certificate, from its Lease: Restore tasks pin it.
+pub fn transfer_cert_sha256(lease: Option<&Lease>) -> Option<String> {
+    lease
+        .and_then(|l| l.metadata.annotations.as_ref())
+        .and_then(|a| a.get(TRANSFER_CERT_SHA256))
+        .filter(|v| is_sha256_hex(v))
+        .cloned()
+}
+
+/// Whether `value` is a SHA-256 digest in lower-case hex (what the NodeTask schema takes).
+pub fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Whether `lease` was renewed within its duration, as of `now`.

@@ -45,6 +45,9 @@ struct Args {
     /// Seconds between renewals.
     #[arg(long, default_value_t = 2, env = "FERRY_LEASE_RENEW_SECONDS")]
     renew_seconds: u64,
+    /// Reconciles at once (0: unbounded).
+    #[arg(long, default_value_t = 16, env = "FERRY_CONCURRENCY")]
+    concurrency: u16,
     /// Namespace of the agents' Leases (`ferry-agent-<node>`).
     #[arg(long, default_value = "ferry-system", env = "FERRY_AGENT_NAMESPACE")]
     agent_namespace: String,
@@ -76,6 +79,7 @@ async fn main() -> Result<()> {
     let config = Config {
         agent_namespace: args.agent_namespace.clone(),
         instance: identity.clone(),
+        concurrency: args.concurrency,
         ..Config::default()
     };
     let lease = LeaseConfig {

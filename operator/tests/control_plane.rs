@@ -186,6 +186,7 @@ fn config(identity: &str) -> Config {
         active_requeue: Duration::from_secs(1),
         cleanup_timeout: Duration::from_secs(20),
         instance: identity.into(),
+        ..Config::default()
     }
 }
 
@@ -217,6 +218,9 @@ async fn create_namespace(env: &Env, ns: &str) {
     .await;
 }
 
+/// The transfer certificate fingerprint every played agent publishes.
+const CERT_SHA256: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
 /// Plays the agent on `node`: a readiness Lease, renewed now (or long expired).
 async fn agent_lease(env: &Env, node: &str, live: bool) {
     let api: Api<Lease> = Api::namespaced(env.admin.clone(), AGENTS);
@@ -227,7 +231,8 @@ async fn agent_lease(env: &Env, node: &str, live: bool) {
     };
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": ferry_operator::agents::lease_name(node)},
+        "metadata": {"name": ferry_operator::agents::lease_name(node),
+                     "annotations": {ferry_api::names::annotation::TRANSFER_CERT_SHA256: CERT_SHA256}},
         "spec": {"holderIdentity": node, "leaseDurationSeconds": 3600, "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
     });
     api.patch(
@@ -373,7 +378,7 @@ fn checkpoint_done() -> serde_json::Value {
     let frozen = (jiff::Timestamp::now() - jiff::SignedDuration::from_millis(1500))
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string();
-    json!({"phase": "Succeeded", "result": {"sizeBytes": 4096, "sha256": "ab", "gpuVendor": "none",
+    json!({"phase": "Succeeded", "result": {"sizeBytes": 4096, "sha256": CERT_SHA256, "gpuVendor": "none",
         "timings": {"checkpointMs": 120, "frozenAt": frozen}}})
 }
 
@@ -593,6 +598,19 @@ async fn migrate_to_restoring(env: &Env, ns: &str, name: &str) -> String {
     let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), ns);
     let secret = secrets.get(&source.token_secret_ref.name).await.unwrap();
     assert!(secret.data.unwrap().contains_key(tasks::TOKEN_KEY));
+    // The source agent checks the token against these: until when, and for which image.
+    let notes = secret.metadata.annotations.unwrap();
+    let expires: jiff::Timestamp = notes[ferry_api::names::annotation::TOKEN_EXPIRES_AT]
+        .parse()
+        .unwrap();
+    assert!(expires > jiff::Timestamp::now(), "{expires}");
+    assert_eq!(
+        notes[ferry_api::names::annotation::IMAGE_LOCATION],
+        restore.spec.image.location
+    );
+    // The target pins the source agent's certificate and the checkpoint's image digest.
+    assert_eq!(source.cert_sha256.as_deref(), Some(CERT_SHA256));
+    assert!(source.image_sha256.is_some(), "{source:?}");
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), ns);
     let restored = pods.get(&restore.spec.pod.name).await.unwrap();
     assert_eq!(

@@ -36,6 +36,10 @@ pub struct Config {
     pub cleanup_timeout: Duration,
     /// The Event reporter instance (the pod name).
     pub instance: String,
+    /// Reconciles at once (0: unbounded). Bounded, a burst of requests queues in the
+    /// operator instead of as concurrent calls in the API server, which keeps each
+    /// reconcile's round trips short.
+    pub concurrency: u16,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             active_requeue: Duration::from_secs(10),
             cleanup_timeout: Duration::from_secs(60),
             instance: "ferry-operator".to_string(),
+            concurrency: 16,
         }
     }
 }
@@ -99,6 +104,7 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
 
     let controller = Controller::new(requests, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .owns(tasks, watcher::Config::default().labels(&managed))
         // Restored pods carry the request's name as a label; they are not owned by the
         // request (its deletion must not delete the migrated workload).

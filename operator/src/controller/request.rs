@@ -487,8 +487,12 @@ async fn restoring(
         .await?
         .is_none()
     {
-        create_ignoring_existing(&secrets, &tasks::token_secret(req, tasks::random_token()?))
-            .await?;
+        // The token is good for the request's whole timeout from now: a restore that outlives
+        // it fails by timeout anyway.
+        let expires_at = Timestamp::now()
+            + SignedDuration::from_secs(i64::from(req.spec.timeout_seconds.max(0)));
+        let secret = tasks::token_secret(req, tasks::random_token()?, expires_at);
+        create_ignoring_existing(&secrets, &secret).await?;
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let restored = match pods.get_opt(&restored_name).await? {
@@ -516,17 +520,26 @@ async fn restoring(
     let task = match task_api.get_opt(&task_name).await? {
         Some(t) => t,
         None => {
+            let source_lease = ctx.leases.get(&lease_ref(ctx, &source));
             let endpoint = agents::transfer_endpoint(
-                ctx.leases.get(&lease_ref(ctx, &source)).as_deref(),
+                source_lease.as_deref(),
                 ctx.nodes.get(&ObjectRef::new(&source)).as_deref(),
                 &source,
             );
+            let cert = agents::transfer_cert_sha256(source_lease.as_deref());
+            // Only a well-formed digest is passed on (the NodeTask schema requires one).
+            let digest = st
+                .checkpoint
+                .as_ref()
+                .and_then(|c| c.sha256.clone())
+                .filter(|d| agents::is_sha256_hex(d));
             let pod = PodReference {
                 namespace: ns.clone(),
                 name: restored_name.clone(),
                 uid: restored.uid(),
             };
-            let transfer = (source != target).then(|| tasks::transfer_source(req, endpoint));
+            let transfer =
+                (source != target).then(|| tasks::transfer_source(req, endpoint, cert, digest));
             let task = tasks::node_task(
                 req,
                 task_name,

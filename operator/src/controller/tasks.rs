@@ -13,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-/// Key of the token in the transfer token Secret.
-pub const TOKEN_KEY: &str = "token";
+pub use ferry_api::names::agent::{TOKEN_KEY, token_secret_name};
+use jiff::Timestamp;
 
 /// Labels that controllers put on their pods and select them by: removed from a restored
 /// pod so that the source's ReplicaSet or Job does not adopt (and then delete) it.
@@ -43,11 +43,6 @@ pub fn delete_task_name(request: &str, target: bool) -> String {
         "{request}-delete-{}",
         if target { "target" } else { "source" }
     )
-}
-
-/// Name of the request's transfer token Secret.
-pub fn token_secret_name(request: &str) -> String {
-    format!("{request}-transfer-token")
 }
 
 /// Name of the pod a migration restores: `<pod>-restored-<first 5 characters of the
@@ -134,21 +129,41 @@ pub fn node_task(
     }
 }
 
-/// The transfer source of a restore: the source agent's endpoint and the token Secret.
-pub fn transfer_source(request: &CheckpointRequest, endpoint: String) -> TransferSource {
+/// The transfer source of a restore: the source agent's endpoint and pinned certificate, the
+/// token Secret, and the digest the pulled image must have.
+pub fn transfer_source(
+    request: &CheckpointRequest,
+    endpoint: String,
+    cert_sha256: Option<String>,
+    image_sha256: Option<String>,
+) -> TransferSource {
     TransferSource {
         endpoint,
         token_secret_ref: SecretKeyRef {
             name: token_secret_name(&request.name_any()),
             key: TOKEN_KEY.to_string(),
         },
+        cert_sha256,
+        image_sha256,
     }
 }
 
-/// The per-transfer token Secret, owned by the request (deleted with it).
-pub fn token_secret(request: &CheckpointRequest, token: String) -> Secret {
+/// The per-transfer token Secret, owned by the request (deleted with it). The source agent
+/// reads it too: the annotations say until when the token is good and which image it pulls.
+pub fn token_secret(request: &CheckpointRequest, token: String, expires_at: Timestamp) -> Secret {
+    let mut metadata = child_meta(request, token_secret_name(&request.name_any()), None);
+    metadata.annotations = Some(BTreeMap::from([
+        (
+            annotation::TOKEN_EXPIRES_AT.to_string(),
+            expires_at.to_string(),
+        ),
+        (
+            annotation::IMAGE_LOCATION.to_string(),
+            image_location(request),
+        ),
+    ]));
     Secret {
-        metadata: child_meta(request, token_secret_name(&request.name_any()), None),
+        metadata,
         string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token)])),
         type_: Some("Opaque".to_string()),
         ..Default::default()

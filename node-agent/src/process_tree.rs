@@ -1,0 +1,140 @@
+//! Path (c): CRIU directly on process trees (the demo and the tests; also any workload the
+//! agent can see by pid). One subdirectory per tree: `<image>/<name>/`.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use ferry_api::stats::{DUMP_STATS_FILE, RESTORE_STATS_FILE};
+
+use crate::checkpoint::{
+    CheckpointJob, CheckpointOutcome, Checkpointer, ContainerCheckpoint, ContainerTarget,
+};
+use crate::criu::{Criu, DumpArgs, RestoreArgs, Result, RuntimeError};
+use crate::restore::{RestoreJob, RestoreOutcome, RestoreTarget, Restored, Restorer};
+use crate::store::{Image, ImageKind, ImageMeta, Staging};
+
+/// CRIU on process trees.
+#[derive(Debug)]
+pub struct ProcessTree {
+    /// The CRIU binary and plugin dir.
+    pub criu: Criu,
+    version: OnceLock<Option<String>>,
+}
+
+impl ProcessTree {
+    /// Process trees through `criu`.
+    pub fn new(criu: Criu) -> Self {
+        ProcessTree {
+            criu,
+            version: OnceLock::new(),
+        }
+    }
+
+    /// `criu --version`, asked once.
+    pub(crate) fn criu_version(&self) -> Option<String> {
+        criu_version_cached(&self.criu, &self.version)
+    }
+}
+
+pub(crate) fn criu_version_cached(criu: &Criu, cell: &OnceLock<Option<String>>) -> Option<String> {
+    cell.get_or_init(|| match criu.version() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "criu --version failed; image will not record it");
+            None
+        }
+    })
+    .clone()
+}
+
+impl Checkpointer for ProcessTree {
+    fn checkpoint(&self, job: &CheckpointJob, staging: &Staging) -> Result<CheckpointOutcome> {
+        job.validate()?;
+        let start = Instant::now();
+        let criu = Criu {
+            timeout: job.timeout,
+            ..self.criu.clone()
+        };
+        let mut containers = Vec::new();
+        let mut frozen_at = None;
+        for target in &job.containers {
+            let ContainerTarget::Process { name, pid } = target else {
+                return Err(RuntimeError::Invalid(format!(
+                    "the process-tree checkpointer cannot checkpoint {target:?}"
+                )));
+            };
+            let dir = staging.file_path(name)?;
+            let span = tracing::info_span!("criu_dump", container = %name, pid, leave_running = job.leave_running);
+            let _g = span.enter();
+            let run = criu.dump(
+                &DumpArgs {
+                    pid: *pid,
+                    images_dir: &dir,
+                    leave_running: job.leave_running,
+                },
+                &job.env,
+            )?;
+            frozen_at.get_or_insert_with(|| crate::criu::frozen_at(run.started_at, &run.log));
+            let plugin_stats = crate::criu::read_plugin_stats(&dir, DUMP_STATS_FILE)?;
+            containers.push(ContainerCheckpoint {
+                name: name.clone(),
+                path: dir,
+                log: Some(run.log),
+                plugin_stats,
+            });
+        }
+        let plugin_stats =
+            crate::criu::merge_stats(containers.iter().filter_map(|c| c.plugin_stats.clone()));
+        let mut meta = ImageMeta::new(ImageKind::Criu, job.source_with_containers());
+        meta.criu_version = self.criu_version();
+        meta.gpu_vendor = plugin_stats.as_ref().map(|s| s.vendor);
+        meta.plugin_stats = plugin_stats.clone();
+        Ok(CheckpointOutcome {
+            meta,
+            frozen_at: frozen_at.unwrap_or_else(jiff::Timestamp::now),
+            duration: start.elapsed(),
+            plugin_stats,
+            containers,
+            still_running: job.leave_running,
+        })
+    }
+}
+
+impl Restorer for ProcessTree {
+    fn restore(&self, job: &RestoreJob, image: &Image) -> Result<RestoreOutcome> {
+        let start = Instant::now();
+        let criu = Criu {
+            timeout: job.timeout,
+            ..self.criu.clone()
+        };
+        let env = job.criu_env();
+        let mut restored = Vec::new();
+        for target in crate::restore::targets(job, image)? {
+            let RestoreTarget::Process { name } = &target else {
+                return Err(RuntimeError::Invalid(format!(
+                    "the process-tree restorer cannot restore {target:?}"
+                )));
+            };
+            let src = crate::restore::container_dir(image, name)?;
+            let dir = job.restore_dir(name);
+            crate::restore::restore_dir(&src, &dir)?;
+            let span = tracing::info_span!("criu_restore", container = %name, image = %image.location, parallel = job.parallel_restore);
+            let _g = span.enter();
+            let (run, pid) = criu.restore(&RestoreArgs { images_dir: &dir }, &env)?;
+            let plugin_stats = crate::criu::read_plugin_stats(&dir, RESTORE_STATS_FILE)?;
+            tracing::info!(
+                pid,
+                wall_s = run.wall.as_secs_f64(),
+                "process tree restored"
+            );
+            restored.push(Restored {
+                name: name.clone(),
+                pid: Some(pid),
+                container_id: None,
+                log: run.log,
+                plugin_stats,
+            });
+        }
+        Ok(RestoreOutcome::new(restored, start.elapsed()))
+    }
+}

@@ -1,0 +1,345 @@
+//! Path (b): the container runtime's runc directly — `runc checkpoint` / `runc restore` under
+//! the runtime's state root (`/run/containerd/runc/k8s.io` for containerd's CRI namespace).
+//!
+//! **ferry's plugin under runc.** runc drives CRIU over RPC (`criu swrk`) and has no
+//! `--libdir`; CRIU then loads the plugins of its built-in plugin dir (`/usr/lib/criu` as
+//! `scripts/install-deps` builds CRIU), and CRIU's RPC mode also reads `/etc/criu/runc.conf`
+//! (a `libdir /path` line there works too, but for every runc checkpoint on the node). ferry
+//! installs the plugin into CRIU's plugin dir (the DaemonSet copies the `.so` there), which
+//! is what DESIGN.md §4 prescribes. runc runs `criu swrk` with its own environment, so the
+//! job's env (`FERRY_PARALLEL_RESTORE`, `FERRY_SIM_*`, …) is passed to runc.
+//!
+//! Layout: `<image>/<name>/` holds CRIU's images, runc's `descriptors.json`, CRIU's
+//! `dump.log` (runc's `--work-path` is the image dir, so the log is part of the image) and
+//! runc's own stderr (`runc-checkpoint.log`). A restore runs in a restore directory
+//! (see [`crate::restore`]): `restore.log`, `runc-restore.log`, `runc.pid`.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use ferry_api::stats::{DUMP_STATS_FILE, RESTORE_STATS_FILE};
+
+use crate::checkpoint::{
+    CheckpointJob, CheckpointOutcome, Checkpointer, ContainerCheckpoint, ContainerTarget,
+};
+use crate::criu::{Criu, Result, RuntimeError, io_err};
+use crate::restore::{RestoreJob, RestoreOutcome, RestoreTarget, Restored, Restorer};
+use crate::store::{Image, ImageKind, ImageMeta, Staging};
+
+/// Default runc binary.
+pub const DEFAULT_RUNC: &str = "/usr/sbin/runc";
+/// containerd's runc state root for the CRI (`k8s.io`) namespace.
+pub const CONTAINERD_RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
+/// CRIU's log as runc names it, in the work path.
+pub const RUNC_DUMP_LOG: &str = "dump.log";
+/// CRIU's restore log as runc names it, in the work path.
+pub const RUNC_RESTORE_LOG: &str = "restore.log";
+/// runc's stderr during a checkpoint, in the container's image dir.
+pub const RUNC_CHECKPOINT_STDERR: &str = "runc-checkpoint.log";
+/// runc's stderr during a restore, in the restore dir.
+pub const RUNC_RESTORE_STDERR: &str = "runc-restore.log";
+/// The restored container's init pid, in the restore dir.
+pub const RUNC_PIDFILE: &str = "runc.pid";
+
+/// runc under one state root.
+#[derive(Debug)]
+pub struct Runc {
+    /// The runc binary.
+    pub binary: PathBuf,
+    /// `--root`: runc's state dir (containerd's: [`CONTAINERD_RUNC_ROOT`]).
+    pub root: PathBuf,
+    /// The CRIU runc runs (`--criu`), also asked for its version. Its `libdir` is not used
+    /// (see the module docs).
+    pub criu: Criu,
+    version: OnceLock<Option<String>>,
+}
+
+impl Runc {
+    /// runc `binary` with state root `root`, CRIU `criu`.
+    pub fn new(binary: impl Into<PathBuf>, root: impl Into<PathBuf>, criu: Criu) -> Self {
+        Runc {
+            binary: binary.into(),
+            root: root.into(),
+            criu,
+            version: OnceLock::new(),
+        }
+    }
+
+    fn global_args(&self) -> Vec<OsString> {
+        vec![
+            "--root".into(),
+            self.root.clone().into(),
+            "--criu".into(),
+            self.criu.binary.clone().into(),
+        ]
+    }
+
+    /// `runc … checkpoint` arguments for container `id` into `image_path`.
+    pub fn checkpoint_args(
+        &self,
+        id: &str,
+        image_path: &Path,
+        leave_running: bool,
+    ) -> Vec<OsString> {
+        let mut args = self.global_args();
+        args.extend([
+            "checkpoint".into(),
+            "--image-path".into(),
+            image_path.into(),
+            "--work-path".into(),
+            image_path.into(),
+        ]);
+        if leave_running {
+            args.push("--leave-running".into());
+        }
+        args.push(id.into());
+        args
+    }
+
+    /// `runc … restore` arguments: container `id` from `image_path` into `bundle`, detached;
+    /// logs and the pidfile in `work_path`.
+    pub fn restore_args(
+        &self,
+        id: &str,
+        image_path: &Path,
+        work_path: &Path,
+        bundle: &Path,
+    ) -> Vec<OsString> {
+        let mut args = self.global_args();
+        args.extend([
+            "restore".into(),
+            "--detach".into(),
+            "--image-path".into(),
+            image_path.into(),
+            "--work-path".into(),
+            work_path.into(),
+            "--bundle".into(),
+            bundle.into(),
+            "--pid-file".into(),
+            work_path.join(RUNC_PIDFILE).into(),
+            id.into(),
+        ]);
+        args
+    }
+
+    /// Runs runc with `args`; on failure the error carries runc's last stderr line and CRIU's
+    /// error lines from `criu_log`.
+    fn run(
+        &self,
+        op: &'static str,
+        args: &[OsString],
+        env: &[(String, String)],
+        stderr_path: &Path,
+        criu_log: &Path,
+        timeout: std::time::Duration,
+    ) -> Result<std::time::Duration> {
+        let stderr = File::create(stderr_path)
+            .map_err(io_err(format!("create {}", stderr_path.display())))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            // A detached container inherits runc's stdio; nothing may be a pipe we wait on.
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        tracing::debug!(op, binary = %self.binary.display(), ?args, "running runc");
+        let finished = crate::exec::run(&mut cmd, &format!("runc {op}"), timeout)?;
+        if finished.status.success() {
+            return Ok(finished.wall);
+        }
+        let runc_says = std::fs::read_to_string(stderr_path)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(|l| l.trim().to_string())
+            })
+            .unwrap_or_else(|| "no output".into());
+        let criu_says = if criu_log.exists() {
+            crate::criu::log_errors(criu_log)
+        } else {
+            "CRIU did not run".into()
+        };
+        let message = format!("runc: {runc_says}; criu: {criu_says}");
+        tracing::warn!(op, status = %finished.status, log = %criu_log.display(), %message, "runc failed");
+        Err(RuntimeError::Tool {
+            tool: "runc",
+            op,
+            status: finished.status.to_string(),
+            message,
+            log: criu_log.to_path_buf(),
+        })
+    }
+}
+
+impl Checkpointer for Runc {
+    fn checkpoint(&self, job: &CheckpointJob, staging: &Staging) -> Result<CheckpointOutcome> {
+        job.validate()?;
+        let start = Instant::now();
+        let mut containers = Vec::new();
+        let mut frozen_at = None;
+        for target in &job.containers {
+            let ContainerTarget::Runc { name, id } = target else {
+                return Err(RuntimeError::Invalid(format!(
+                    "the runc checkpointer cannot checkpoint {target:?}"
+                )));
+            };
+            let dir = staging.file_path(name)?;
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+            let span = tracing::info_span!("runc_checkpoint", container = %name, id = %id, leave_running = job.leave_running);
+            let _g = span.enter();
+            let started_at = jiff::Timestamp::now();
+            let args = self.checkpoint_args(id, &dir, job.leave_running);
+            let log = dir.join(RUNC_DUMP_LOG);
+            let wall = self.run(
+                "checkpoint",
+                &args,
+                &job.env,
+                &dir.join(RUNC_CHECKPOINT_STDERR),
+                &log,
+                job.timeout,
+            )?;
+            tracing::info!(wall_s = wall.as_secs_f64(), "runc checkpoint done");
+            frozen_at.get_or_insert_with(|| crate::criu::frozen_at(started_at, &log));
+            let plugin_stats = crate::criu::read_plugin_stats(&dir, DUMP_STATS_FILE)?;
+            containers.push(ContainerCheckpoint {
+                name: name.clone(),
+                path: dir,
+                log: Some(log),
+                plugin_stats,
+            });
+        }
+        let plugin_stats =
+            crate::criu::merge_stats(containers.iter().filter_map(|c| c.plugin_stats.clone()));
+        let mut meta = ImageMeta::new(ImageKind::Criu, job.source_with_containers());
+        meta.criu_version = crate::process_tree::criu_version_cached(&self.criu, &self.version);
+        meta.gpu_vendor = plugin_stats.as_ref().map(|s| s.vendor);
+        meta.plugin_stats = plugin_stats.clone();
+        Ok(CheckpointOutcome {
+            meta,
+            frozen_at: frozen_at.unwrap_or_else(jiff::Timestamp::now),
+            duration: start.elapsed(),
+            plugin_stats,
+            containers,
+            still_running: job.leave_running,
+        })
+    }
+}
+
+impl Restorer for Runc {
+    fn restore(&self, job: &RestoreJob, image: &Image) -> Result<RestoreOutcome> {
+        let start = Instant::now();
+        let env = job.criu_env();
+        if job.containers.is_empty() {
+            return Err(RuntimeError::Invalid(
+                "a runc restore needs each container's new id and bundle".into(),
+            ));
+        }
+        let mut restored = Vec::new();
+        for target in &job.containers {
+            let RestoreTarget::Runc { name, id, bundle } = target else {
+                return Err(RuntimeError::Invalid(format!(
+                    "the runc restorer cannot restore {target:?}"
+                )));
+            };
+            let src = crate::restore::container_dir(image, name)?;
+            let dir = job.restore_dir(name);
+            crate::restore::restore_dir(&src, &dir)?;
+            let span = tracing::info_span!("runc_restore", container = %name, id = %id, image = %image.location, parallel = job.parallel_restore);
+            let _g = span.enter();
+            let args = self.restore_args(id, &dir, &dir, bundle);
+            let log = dir.join(RUNC_RESTORE_LOG);
+            let wall = self.run(
+                "restore",
+                &args,
+                &env,
+                &dir.join(RUNC_RESTORE_STDERR),
+                &log,
+                job.timeout,
+            )?;
+            let pidfile = dir.join(RUNC_PIDFILE);
+            let pid = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            let plugin_stats = crate::criu::read_plugin_stats(&dir, RESTORE_STATS_FILE)?;
+            tracing::info!(pid, wall_s = wall.as_secs_f64(), "runc restore done");
+            restored.push(Restored {
+                name: name.clone(),
+                pid,
+                container_id: Some(id.clone()),
+                log,
+                plugin_stats,
+            });
+        }
+        Ok(RestoreOutcome::new(restored, start.elapsed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn strs(a: &[OsString]) -> Vec<String> {
+        a.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn runc_args_carry_root_criu_paths_and_leave_running() {
+        let r = Runc::new(
+            "/usr/sbin/runc",
+            "/run/r",
+            Criu::new("/usr/local/sbin/criu"),
+        );
+        assert_eq!(
+            strs(&r.checkpoint_args("c1", Path::new("/s/app"), true)),
+            [
+                "--root",
+                "/run/r",
+                "--criu",
+                "/usr/local/sbin/criu",
+                "checkpoint",
+                "--image-path",
+                "/s/app",
+                "--work-path",
+                "/s/app",
+                "--leave-running",
+                "c1"
+            ]
+        );
+        assert!(
+            !strs(&r.checkpoint_args("c1", Path::new("/s/app"), false))
+                .contains(&"--leave-running".to_string())
+        );
+        assert_eq!(
+            strs(&r.restore_args(
+                "c2",
+                Path::new("/w/app"),
+                Path::new("/w/app"),
+                Path::new("/b")
+            )),
+            [
+                "--root",
+                "/run/r",
+                "--criu",
+                "/usr/local/sbin/criu",
+                "restore",
+                "--detach",
+                "--image-path",
+                "/w/app",
+                "--work-path",
+                "/w/app",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/w/app/runc.pid",
+                "c2"
+            ]
+        );
+    }
+}
