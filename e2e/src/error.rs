@@ -10,7 +10,7 @@ pub enum Error {
     /// A binary the harness runs is not where the build script puts it.
     #[error(
         "{binary} not found at {}: build the e2e cluster binaries with `{}` \
-         (about 8 minutes cold on 2 cores, seconds once cached), \
+         (10-15 minutes cold on 2 cores, seconds once cached), \
          or point FERRY_K8S_BIN at a directory that holds them",
         path.display(),
         build_command
