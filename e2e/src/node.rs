@@ -125,8 +125,9 @@ pub const KUBELET_SYSCTLS: [&str; 6] = [
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
 ];
-/// Where [`NodeLock`] keeps the saved [`KUBELET_SYSCTLS`] (`name=value` lines) while nodes run;
-/// a file left by a killed run is restored from by the next lock holder.
+/// Where [`NodeLock`] keeps the saved [`KUBELET_SYSCTLS`] (`name=value` lines) and the
+/// [`HOST_DIRS`] its run created (`created=<dir>` lines) while nodes run; a file left by a
+/// killed run is restored from, and its directories removed, by the next lock holder.
 pub const SAVED_SYSCTLS_FILE: &str = "/run/lock/ferry-e2e-real-nodes.sysctls";
 
 /// The host-wide lock real-node clusters take turns on (released when dropped, after the
