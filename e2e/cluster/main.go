@@ -4,6 +4,7 @@
 //	kube kube-apiserver [flags]
 //	kube kube-controller-manager [flags]
 //	kube kube-scheduler [flags]
+//	kube kubelet [flags]
 //
 // It also dispatches on its own name, so a symlink called kube-apiserver works too. Each
 // component still runs as its own process: they keep process-global state (feature gates,
@@ -11,6 +12,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,12 +28,16 @@ import (
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 var components = map[string]func() *cobra.Command{
 	"kube-apiserver":          apiserver.NewAPIServerCommand,
 	"kube-controller-manager": controllermanager.NewControllerManagerCommand,
 	"kube-scheduler":          func() *cobra.Command { return scheduler.NewSchedulerCommand() },
+	// The kubelet binds its lifetime to this context as upstream's main does; it stops on
+	// SIGTERM through its own signal handling, so a background context is what upstream passes.
+	"kubelet": func() *cobra.Command { return kubelet.NewKubeletCommand(context.Background()) },
 }
 
 func names() string {

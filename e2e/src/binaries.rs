@@ -11,13 +11,20 @@ use crate::workspace_root;
 /// checks they agree); the build script names its cache directory after it.
 pub const K8S_VERSION: &str = "v1.37.2";
 
+/// The sandbox (pause) image the build script makes from upstream's `build/pause/linux/pause.c`
+/// and every real node's containerd pins as its sandbox image; it is imported, never pulled.
+pub const PAUSE_IMAGE: &str = "localhost/ferry/pause:3.10.2";
+/// The workload image the build script makes: `/ferry-counter`, a static program that prints
+/// an increasing count once a second (see `e2e/cluster/node/counter.c`). Imported, never pulled.
+pub const COUNTER_IMAGE: &str = "localhost/ferry/counter:latest";
+
 /// The directory `scripts/install-deps` installs kubectl into.
 pub const DEFAULT_TOOLS_BIN: &str = "/opt/ferry/tools/bin";
 
 /// The binaries of one Kubernetes release, as built by `e2e/cluster/build`.
 #[derive(Debug, Clone)]
 pub struct Binaries {
-    /// The multi-call binary: `kube kube-apiserver|kube-controller-manager|kube-scheduler ...`.
+    /// The multi-call binary: `kube kube-apiserver|kube-controller-manager|kube-scheduler|kubelet ...`.
     pub kube: PathBuf,
     /// etcd at the version kubeadm pins for this release.
     pub etcd: PathBuf,
@@ -94,6 +101,62 @@ pub fn kubectl() -> Result<PathBuf> {
         .map(|dir| dir.join("kubectl"))
         .find(|path| path.is_file())
         .ok_or(Error::KubectlMissing { default })
+}
+
+/// What a real kubelet + containerd node runs besides `kube kubelet`, from the same build
+/// directory: containerd, its runc shim, ctr, runc, the CNI plugins and the local images.
+#[derive(Debug, Clone)]
+pub struct NodeBinaries {
+    /// containerd (built from `github.com/containerd/containerd/v2`).
+    pub containerd: PathBuf,
+    /// `ctr`, which imports the local images into a node's containerd.
+    pub ctr: PathBuf,
+    /// runc, with seccomp (it is the shim's `BinaryName`).
+    pub runc: PathBuf,
+    /// The directory holding `containerd-shim-runc-v2` (containerd finds shims on its PATH).
+    pub shim_dir: PathBuf,
+    /// The CNI plugin directory (`bridge`, `host-local`, `loopback`).
+    pub cni_dir: PathBuf,
+    /// [`PAUSE_IMAGE`] as an OCI archive.
+    pub pause_image: PathBuf,
+    /// [`COUNTER_IMAGE`] as an OCI archive.
+    pub counter_image: PathBuf,
+}
+
+impl NodeBinaries {
+    /// Finds the node binaries in [`Binaries::dir`].
+    pub fn locate() -> Result<Self> {
+        Self::locate_in(&Binaries::dir())
+    }
+
+    /// Finds the node binaries in `dir`, or says which one is missing and how to build it.
+    pub fn locate_in(dir: &Path) -> Result<Self> {
+        let need = |binary: &'static str| -> Result<PathBuf> {
+            let path = dir.join(binary);
+            if path.exists() {
+                Ok(path)
+            } else {
+                Err(Error::BinaryMissing {
+                    binary,
+                    path,
+                    build_command: Binaries::build_command(),
+                })
+            }
+        };
+        need("containerd-shim-runc-v2")?;
+        for plugin in ["cni/bridge", "cni/host-local", "cni/loopback"] {
+            need(plugin)?;
+        }
+        Ok(Self {
+            containerd: need("containerd")?,
+            ctr: need("ctr")?,
+            runc: need("runc")?,
+            shim_dir: dir.to_path_buf(),
+            cni_dir: need("cni")?,
+            pause_image: need("images/pause.oci.tar")?,
+            counter_image: need("images/counter.oci.tar")?,
+        })
+    }
 }
 
 #[cfg(test)]

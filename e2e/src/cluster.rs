@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::binaries::Binaries;
+use crate::binaries::{Binaries, NodeBinaries};
 use crate::error::{Error, IoContext, Result};
+use crate::node::{self, NodeContext, NodeLock, REAL_NODE_LABEL, RealNode};
 use crate::pki::{FRONT_PROXY_CLIENT, Pki, SERVICE_CLUSTER_IP_RANGE, User};
 use crate::process::Process;
 use crate::workspace_root;
@@ -33,6 +34,10 @@ const DIR_PREFIX: &str = "ferry-e2e-";
 
 /// How long the API server gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long real nodes get to register and become Ready (containerd, image imports, kubelet).
+const REAL_NODE_READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a checkpoint through the kubelet API may take (CRIU dump and archive).
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 /// kubectl's per-request timeout.
 const KUBECTL_REQUEST_TIMEOUT: &str = "--request-timeout=60s";
 
@@ -46,6 +51,10 @@ pub struct Options {
     pub kwok: bool,
     /// Create this many kwok nodes during start-up and wait until they are Ready (implies `kwok`).
     pub kwok_nodes: usize,
+    /// Start this many real kubelet + containerd nodes (`ferry-node-a`, `ferry-node-b`, ...)
+    /// and wait until they are Ready (implies `controllers`: pods need the scheduler and
+    /// service accounts). See [`crate::node`].
+    pub real_nodes: usize,
     /// Do not apply `manifests/crds/` (they are applied by default).
     pub skip_crds: bool,
 }
@@ -74,6 +83,13 @@ impl Options {
         self.kwok_nodes = count;
         self
     }
+
+    /// Also start the controllers and `count` real kubelet + containerd nodes.
+    pub fn with_real_nodes(mut self, count: usize) -> Self {
+        self.controllers = true;
+        self.real_nodes = count;
+        self
+    }
 }
 
 /// A running test cluster. Dropping it stops every component (process groups, SIGTERM then
@@ -92,6 +108,9 @@ pub struct Cluster {
     server: String,
     ports: Vec<u16>,
     processes: Mutex<Vec<Process>>,
+    nodes: Mutex<Vec<RealNode>>,
+    // Held while real nodes run; released after they are torn down.
+    node_lock: Option<NodeLock>,
     next_node: AtomicUsize,
     started_in: Duration,
     // Last, so it is dropped after the processes whose logs live in it.
@@ -131,6 +150,8 @@ impl Cluster {
             server,
             ports: ports.to_vec(),
             processes: Mutex::new(Vec::new()),
+            nodes: Mutex::new(Vec::new()),
+            node_lock: None,
             next_node: AtomicUsize::new(0),
             started_in: Duration::ZERO,
             dir: Some(dir),
@@ -196,6 +217,17 @@ impl Cluster {
             // The default reconciler would publish 127.0.0.1 as the `kubernetes` Service's
             // endpoint, which endpoint validation rejects (loopback), logging errors forever.
             "--endpoint-reconciler-type=none".to_string(),
+            // Towards real nodes' kubelets (logs, exec, the checkpoint API): they know the
+            // node by its IP; the node name ("hostname") resolves nowhere.
+            format!(
+                "--kubelet-client-certificate={}",
+                pki.kubelet_client_cert().display()
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                pki.kubelet_client_key().display()
+            ),
+            "--kubelet-preferred-address-types=InternalIP,Hostname".to_string(),
             "--profiling=false".to_string(),
         ];
         let kube = cluster.binaries.kube.clone();
@@ -269,9 +301,96 @@ impl Cluster {
             let nodes = cluster.add_kwok_nodes(options.kwok_nodes)?;
             cluster.wait_nodes_ready(&nodes, Duration::from_secs(300))?;
         }
+        if options.real_nodes > 0 {
+            cluster.start_real_nodes(options.real_nodes)?;
+        }
 
         cluster.started_in = began.elapsed();
         Ok(cluster)
+    }
+
+    fn start_real_nodes(&mut self, count: usize) -> Result<()> {
+        if let Some(reason) = node::unsupported_reason() {
+            return Err(Error::RealNodesUnsupported { reason });
+        }
+        let binaries = NodeBinaries::locate()?;
+        self.node_lock = Some(NodeLock::acquire()?);
+        let ip = node::host_ip()?;
+        let dir = self.dir().to_path_buf();
+        let mut names = Vec::with_capacity(count);
+        for index in 0..count {
+            let ports = reserve_ports::<2>()?;
+            self.ports.extend(ports);
+            let context = NodeContext {
+                kube: &self.binaries.kube,
+                binaries: &binaries,
+                pki: &self.pki,
+                server: &self.server,
+                cluster_dir: &dir,
+                ip,
+            };
+            let node = RealNode::start(&context, index, ports)?;
+            names.push(node.name().to_string());
+            self.real_nodes().push(node);
+        }
+        let selector = format!("{REAL_NODE_LABEL}=real");
+        self.wait_labelled_nodes_ready(&names, &selector, REAL_NODE_READY_TIMEOUT)?;
+        Ok(())
+    }
+
+    /// The real nodes (empty without [`Options::real_nodes`]), in start order.
+    pub fn real_nodes(&self) -> MutexGuard<'_, Vec<RealNode>> {
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The real nodes' names.
+    pub fn real_node_names(&self) -> Vec<String> {
+        self.real_nodes()
+            .iter()
+            .map(|n| n.name().to_string())
+            .collect()
+    }
+
+    /// Asks `node`'s kubelet, through the API server's node proxy, to checkpoint `container`
+    /// of pod `namespace/pod` (`POST /api/v1/nodes/<node>/proxy/checkpoint/<ns>/<pod>/<container>`,
+    /// KEP-2008) and returns the archive's path on the node, as the kubelet reports it.
+    pub fn checkpoint(
+        &self,
+        node: &str,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Result<PathBuf> {
+        // Not through `kubectl_command`: kubectl's --request-timeout=60s becomes the query
+        // parameter `timeout=60s`, which the kubelet's checkpoint handler parses as whole
+        // seconds and answers 404 ("cannot parse value of timeout parameter"). The kubelet
+        // passes this timeout on to the runtime's checkpoint call.
+        let uri = format!(
+            "/api/v1/nodes/{node}/proxy/checkpoint/{namespace}/{pod}/{container}?timeout={}",
+            CHECKPOINT_TIMEOUT.as_secs()
+        );
+        let args = ["create", "--raw", uri.as_str(), "-f", "-"];
+        let mut command = Command::new(&self.binaries.kubectl);
+        command
+            .arg(format!(
+                "--kubeconfig={}",
+                self.kubeconfig(User::Admin).display()
+            ))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        let out = checked(&args, run(command, Some(""), &self.binaries.kubectl)?)?;
+        let reply: serde_json::Value =
+            serde_json::from_str(&out).map_err(|source| Error::KubectlOutput {
+                args: args.join(" "),
+                source,
+            })?;
+        reply["items"][0]
+            .as_str()
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::Node {
+                node: node.to_string(),
+                what: format!("the checkpoint API answered without an archive path: {out}"),
+            })
     }
 
     /// How long [`Cluster::start`] took (PKI, processes, readiness, CRDs, nodes).
@@ -314,19 +433,25 @@ impl Cluster {
         self.processes().iter().map(Process::pid).collect()
     }
 
-    /// The running components' names and log files.
+    /// The running components' names and log files (real nodes' as `<node>/<component>`).
     pub fn logs(&self) -> Vec<(String, PathBuf)> {
-        self.processes()
+        let mut logs: Vec<(String, PathBuf)> = self
+            .processes()
             .iter()
             .map(|p| (p.name().to_string(), p.log().to_path_buf()))
-            .collect()
+            .collect();
+        logs.extend(self.real_nodes().iter().flat_map(RealNode::logs));
+        logs
     }
 
     /// Ok when every component still runs, else the first that exited, with its log tail.
     pub fn check_components(&self) -> Result<()> {
         self.processes()
             .iter_mut()
-            .try_for_each(Process::check_running)
+            .try_for_each(Process::check_running)?;
+        self.real_nodes()
+            .iter_mut()
+            .try_for_each(RealNode::check_running)
     }
 
     /// A kubectl command as the admin, against this cluster, not yet run.
@@ -404,19 +529,29 @@ impl Cluster {
         Ok(names)
     }
 
-    /// Waits until every node in `names` has condition Ready=True; returns how long it took.
+    /// Waits until every kwok node in `names` has condition Ready=True; returns how long it took.
     pub fn wait_nodes_ready(&self, names: &[String], timeout: Duration) -> Result<Duration> {
+        let selector = format!("{KWOK_NODE_LABEL}=true");
+        self.wait_labelled_nodes_ready(names, &selector, timeout)
+    }
+
+    /// Waits until every node in `names` (among those matching `selector`) is Ready.
+    fn wait_labelled_nodes_ready(
+        &self,
+        names: &[String],
+        selector: &str,
+        timeout: Duration,
+    ) -> Result<Duration> {
         let want: HashSet<&str> = names.iter().map(String::as_str).collect();
         let began = Instant::now();
-        let selector = format!("{KWOK_NODE_LABEL}=true");
         let jsonpath = r#"jsonpath={range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
         self.poll(
-            &format!("{} kwok nodes becoming Ready", names.len()),
+            &format!("{} nodes ({selector}) becoming Ready", names.len()),
             timeout,
             Duration::from_millis(500),
             || {
                 let out = self
-                    .kubectl(&["get", "nodes", "-l", &selector, "-o", jsonpath])
+                    .kubectl(&["get", "nodes", "-l", selector, "-o", jsonpath])
                     .map_err(|e| e.to_string())?;
                 let ready = out
                     .lines()
@@ -464,7 +599,8 @@ impl Cluster {
 
     /// The last `lines` lines of every component's log, with headers.
     pub fn log_tails(&self, lines: usize) -> String {
-        self.processes()
+        let mut tails: Vec<String> = self
+            .processes()
             .iter()
             .map(|p| {
                 format!(
@@ -474,8 +610,9 @@ impl Cluster {
                     p.log_tail(lines)
                 )
             })
-            .collect::<Vec<_>>()
-            .join("\n")
+            .collect();
+        tails.extend(self.real_nodes().iter().map(|n| n.log_tails(lines)));
+        tails.join("\n")
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -519,7 +656,17 @@ impl Drop for Cluster {
                 self.log_tails(30)
             );
         }
-        // Reverse start order: clients (kwok, controllers) before the API server before etcd.
+        // Real nodes first (they run pods the control plane knows of), then the lock that let
+        // them run; then reverse start order: clients (kwok, controllers) before the API
+        // server before etcd.
+        let mut nodes = std::mem::take(&mut *self.real_nodes());
+        while let Some(mut node) = nodes.pop() {
+            node.teardown();
+        }
+        if self.node_lock.is_some() {
+            node::remove_cgroups(&format!("/{}", node::CGROUP_PARENT));
+        }
+        drop(self.node_lock.take());
         let mut processes = std::mem::take(&mut *self.processes());
         while let Some(mut process) = processes.pop() {
             process.stop();
@@ -649,6 +796,9 @@ fn remove_stale_dirs() {
         if let Some(pid) = owner
             && !process_exists(pid)
         {
+            // Mounts and shims of its real nodes first: removing files under live mounts
+            // would fail (netns bind mounts) or reach into container filesystems.
+            node::reclaim_stale_cluster_dir(&path);
             let _ = fs::remove_dir_all(&path);
         }
     }

@@ -10,7 +10,7 @@ pub enum Error {
     /// A binary the harness runs is not where the build script puts it.
     #[error(
         "{binary} not found at {}: build the e2e cluster binaries with `{}` \
-         (about 8 minutes cold on 2 cores, seconds once cached), \
+         (10-15 minutes cold on 2 cores, seconds once cached), \
          or point FERRY_K8S_BIN at a directory that holds them",
         path.display(),
         build_command
@@ -115,6 +115,22 @@ pub enum Error {
         /// The parse error.
         #[source]
         source: serde_json::Error,
+    },
+
+    /// This machine cannot run real kubelet + containerd nodes (checked before starting any).
+    #[error("real kubelet + containerd nodes cannot run on this machine: {reason}")]
+    RealNodesUnsupported {
+        /// The missing capability.
+        reason: String,
+    },
+
+    /// A real node could not be set up or driven.
+    #[error("real node {node}: {what}")]
+    Node {
+        /// The node (`ferry-node-a`; `-` before a node is named).
+        node: String,
+        /// What went wrong.
+        what: String,
     },
 }
 

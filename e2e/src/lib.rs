@@ -3,21 +3,24 @@
 //! [`Cluster`] starts a throwaway Kubernetes control plane on loopback from the binaries that
 //! `e2e/cluster/build` builds from Go modules (etcd, kube-apiserver, optionally
 //! kube-controller-manager, kube-scheduler, and kwok for simulated nodes), with a generated
-//! PKI and ferry's CRDs applied, and stops it on drop. Real kubelet/containerd nodes come later.
+//! PKI and ferry's CRDs applied, and stops it on drop; with [`Options::with_real_nodes`] it also
+//! runs real kubelet + containerd nodes ([`node`]).
 //! The crate also holds helpers shared by tests that drive real CRIU.
 
 pub mod binaries;
 pub mod cluster;
 pub mod error;
 pub mod migration;
+pub mod node;
 pub mod pki;
 pub mod process;
 
 use std::path::PathBuf;
 
-pub use binaries::{Binaries, K8S_VERSION};
+pub use binaries::{Binaries, COUNTER_IMAGE, K8S_VERSION, NodeBinaries, PAUSE_IMAGE};
 pub use cluster::{Cluster, Options};
 pub use error::{Error, Result};
+pub use node::RealNode;
 pub use pki::User;
 
 /// The workspace root (where `Cargo.toml` with `[workspace]` lives).

@@ -21,6 +21,8 @@ use crate::error::{Error, IoContext, Result};
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
 /// The common name of the API server's front-proxy client certificate (`--requestheader-allowed-names`).
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+/// The common name of the API server's client certificate towards kubelets.
+pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 
 /// An identity that talks to the API server with a client certificate. Each has a kubeconfig.
@@ -97,10 +99,7 @@ impl Pki {
         };
 
         let ca_key = key_pair("the CA key")?;
-        let mut ca = CertificateParams::default();
-        ca.distinguished_name = dn("ferry-e2e-ca", &[]);
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = ca_usages();
+        let ca = ca_params();
         let ca_cert = ca
             .self_signed(&ca_key)
             .map_err(|source| cert_error("the CA certificate", source))?;
@@ -154,6 +153,21 @@ impl Pki {
             write(&pki.client_cert(user), &cert.pem())?;
             write(&pki.client_key(user), &key.serialize_pem())?;
         }
+
+        // The API server's client certificate towards kubelets (`--kubelet-client-certificate`):
+        // kubelets authenticate it against this CA and authorise it by webhook, and
+        // system:masters may do everything, including `nodes/proxy` and `nodes/checkpoint`.
+        let mut kubelet_client = CertificateParams::default();
+        kubelet_client.distinguished_name = dn(KUBELET_CLIENT, &["system:masters"]);
+        kubelet_client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        kubelet_client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        kubelet_client.use_authority_key_identifier_extension = true;
+        let key = key_pair("the API server's kubelet client key")?;
+        let cert = kubelet_client
+            .signed_by(&key, &issuer)
+            .map_err(|source| cert_error("the API server's kubelet client certificate", source))?;
+        write(&pki.kubelet_client_cert(), &cert.pem())?;
+        write(&pki.kubelet_client_key(), &key.serialize_pem())?;
 
         // The request-header (front-proxy) CA and the API server's proxy client certificate:
         // the API server publishes this CA in kube-system/extension-apiserver-authentication,
@@ -213,6 +227,88 @@ impl Pki {
         self.dir.join("ca.key")
     }
 
+    /// The API server's client certificate towards kubelets (PEM; CN [`KUBELET_CLIENT`], group
+    /// `system:masters`).
+    pub fn kubelet_client_cert(&self) -> PathBuf {
+        self.dir.join("apiserver-kubelet-client.crt")
+    }
+
+    /// The key of [`Pki::kubelet_client_cert`] (PEM, PKCS#8).
+    pub fn kubelet_client_key(&self) -> PathBuf {
+        self.dir.join("apiserver-kubelet-client.key")
+    }
+
+    /// Issues a real node's certificates into `<dir>/nodes/<node>/`: a client certificate for
+    /// `system:node:<node>` in group `system:nodes` (what the Node authorizer recognises), a
+    /// kubeconfig using it that reaches `server`, and a serving certificate for the kubelet's
+    /// HTTPS endpoint naming `ip` and the node name.
+    pub fn issue_node(&self, node: &str, ip: IpAddr, server: &str) -> Result<NodeCerts> {
+        let dir = self.dir.join("nodes").join(node);
+        fs::create_dir_all(&dir).io_context("creating a node's PKI directory", &dir)?;
+        let issuer = self.ca_issuer()?;
+        let identity = format!("system:node:{node}");
+
+        let mut client = CertificateParams::default();
+        client.distinguished_name = dn(&identity, &["system:nodes"]);
+        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        client.use_authority_key_identifier_extension = true;
+        let what = format!("the client certificate for {identity}");
+        let key = key_pair(&what)?;
+        let cert = client
+            .signed_by(&key, &issuer)
+            .map_err(|source| cert_error(&what, source))?;
+        let certs = NodeCerts {
+            client_cert: dir.join("kubelet-client.crt"),
+            client_key: dir.join("kubelet-client.key"),
+            serving_cert: dir.join("kubelet.crt"),
+            serving_key: dir.join("kubelet.key"),
+            kubeconfig: dir.join("kubelet.kubeconfig"),
+        };
+        write(&certs.client_cert, &cert.pem())?;
+        write(&certs.client_key, &key.serialize_pem())?;
+
+        let mut serving = CertificateParams::default();
+        serving.distinguished_name = dn(&identity, &["system:nodes"]);
+        let name = node
+            .to_string()
+            .try_into()
+            .map_err(|source| cert_error("a kubelet serving certificate's DNS name", source))?;
+        serving.subject_alt_names = vec![SanType::IpAddress(ip), SanType::DnsName(name)];
+        serving.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        serving.use_authority_key_identifier_extension = true;
+        let what = format!("the kubelet serving certificate for {node}");
+        let key = key_pair(&what)?;
+        let cert = serving
+            .signed_by(&key, &issuer)
+            .map_err(|source| cert_error(&what, source))?;
+        write(&certs.serving_cert, &cert.pem())?;
+        write(&certs.serving_key, &key.serialize_pem())?;
+
+        let config = kubeconfig(
+            &identity,
+            server,
+            &self.ca_cert(),
+            &certs.client_cert,
+            &certs.client_key,
+        );
+        write(&certs.kubeconfig, &format!("{config:#}\n"))?;
+        Ok(certs)
+    }
+
+    /// The CA as an issuer, from its files: its parameters are fixed ([`ca_params`]), so
+    /// rebuilding them with the stored key yields the same issuer name and key identifier.
+    fn ca_issuer(&self) -> Result<Issuer<'static, KeyPair>> {
+        let path = self.ca_key();
+        let pem = fs::read_to_string(&path).io_context("reading the CA key", &path)?;
+        let key = KeyPair::from_pem(&pem).map_err(|source| cert_error("the CA key", source))?;
+        Ok(Issuer::new(ca_params(), key))
+    }
+
     /// The request-header (front-proxy) CA certificate (PEM).
     pub fn front_proxy_ca_cert(&self) -> PathBuf {
         self.dir.join("front-proxy-ca.crt")
@@ -253,32 +349,61 @@ impl Pki {
     /// path. The file references the certificates by path (JSON is valid kubeconfig YAML).
     pub fn write_kubeconfig(&self, user: User, server: &str) -> Result<PathBuf> {
         let path = self.dir.join(format!("{}.kubeconfig", user.file_stem()));
-        let config = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{
-                "name": "ferry-e2e",
-                "cluster": {
-                    "server": server,
-                    "certificate-authority": self.ca_cert(),
-                },
-            }],
-            "users": [{
-                "name": user.name(),
-                "user": {
-                    "client-certificate": self.client_cert(user),
-                    "client-key": self.client_key(user),
-                },
-            }],
-            "contexts": [{
-                "name": "ferry-e2e",
-                "context": { "cluster": "ferry-e2e", "user": user.name() },
-            }],
-            "current-context": "ferry-e2e",
-        });
+        let config = kubeconfig(
+            user.name(),
+            server,
+            &self.ca_cert(),
+            &self.client_cert(user),
+            &self.client_key(user),
+        );
         write(&path, &format!("{config:#}\n"))?;
         Ok(path)
     }
+}
+
+/// The files [`Pki::issue_node`] writes for a real node.
+#[derive(Debug, Clone)]
+pub struct NodeCerts {
+    /// The kubelet's client certificate (`system:node:<node>`, group `system:nodes`).
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+    /// The kubelet's serving certificate (`tlsCertFile`).
+    pub serving_cert: PathBuf,
+    /// Its key (`tlsPrivateKeyFile`).
+    pub serving_key: PathBuf,
+    /// A kubeconfig with the client certificate (`kubelet --kubeconfig`).
+    pub kubeconfig: PathBuf,
+}
+
+/// A kubeconfig (JSON is valid kubeconfig YAML) that references the certificates by path.
+fn kubeconfig(user: &str, server: &str, ca: &Path, cert: &Path, key: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{
+            "name": "ferry-e2e",
+            "cluster": { "server": server, "certificate-authority": ca },
+        }],
+        "users": [{
+            "name": user,
+            "user": { "client-certificate": cert, "client-key": key },
+        }],
+        "contexts": [{
+            "name": "ferry-e2e",
+            "context": { "cluster": "ferry-e2e", "user": user },
+        }],
+        "current-context": "ferry-e2e",
+    })
+}
+
+/// The CA's parameters: fixed, so that [`Pki::ca_issuer`] can rebuild the issuer from the key.
+fn ca_params() -> CertificateParams {
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = dn("ferry-e2e-ca", &[]);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = ca_usages();
+    ca
 }
 
 fn ca_usages() -> Vec<KeyUsagePurpose> {

@@ -7,6 +7,7 @@
 //! *thread*, not the process, hence [`crate::Cluster`]'s rule that the thread that starts a
 //! cluster must outlive it.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -34,6 +35,17 @@ pub struct Process {
 impl Process {
     /// Starts `program args` as `name`, appending its stdout and stderr to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Process::spawn`] with extra environment variables (containerd finds its shim on PATH).
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &OsStr)],
+        log: &Path,
+    ) -> Result<Self> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -50,6 +62,7 @@ impl Process {
         };
         command
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
