@@ -103,10 +103,32 @@ fn write_data(path: &Path, size: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// CPU seconds (user + system) this process has used: both ends of the transfer run here,
+/// so per GB it is the transfer's cost, which a busy shared machine does not distort the way
+/// it distorts wall-clock throughput.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesized command name; utime and stime are the 14th and 15th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ: 100 on every Linux architecture the agent runs on.
+    ticks as f64 / 100.0
+}
+
 #[derive(Debug, serde::Serialize)]
 struct ModeResult {
     mode: &'static str,
     seconds: Vec<f64>,
+    cpu_seconds: Vec<f64>,
+    median_cpu_seconds_per_gb: f64,
     median_seconds: f64,
     gb_per_s: f64,
     gib_per_s: f64,
@@ -114,20 +136,27 @@ struct ModeResult {
     max_gb_per_s: f64,
 }
 
-fn summarize(mode: &'static str, mut seconds: Vec<f64>, bytes: u64) -> ModeResult {
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn summarize(mode: &'static str, mut seconds: Vec<f64>, cpu: Vec<f64>, bytes: u64) -> ModeResult {
     let runs = seconds.clone();
     seconds.sort_by(f64::total_cmp);
-    let median = if seconds.is_empty() {
-        0.0
-    } else if seconds.len() % 2 == 1 {
-        seconds[seconds.len() / 2]
-    } else {
-        (seconds[seconds.len() / 2 - 1] + seconds[seconds.len() / 2]) / 2.0
-    };
+    let median_cpu_seconds_per_gb = median(&cpu) / (bytes as f64 / 1e9);
+    let median = median(&seconds);
     let rate = |s: f64| if s > 0.0 { bytes as f64 / s } else { 0.0 };
     ModeResult {
         mode,
         seconds: runs,
+        cpu_seconds: cpu,
+        median_cpu_seconds_per_gb,
         median_seconds: median,
         gb_per_s: rate(median) / 1e9,
         gib_per_s: rate(median) / GIB,
@@ -198,6 +227,7 @@ async fn main() -> Result<()> {
 
     let mut tls_seconds = Vec::new();
     let mut plain_seconds = Vec::new();
+    let (mut tls_cpu, mut plain_cpu) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         for (mode, server, transport, scheme) in [
             ("tls", &tls_server, tls_client.clone(), "https"),
@@ -213,19 +243,23 @@ async fn main() -> Result<()> {
                 location: location.clone(),
                 expected_digest: Some(image.digest.clone()),
             };
+            let cpu_before = cpu_seconds();
             let report = pull_with_transport(&spec, &target_store, transport, |_, _| {}).await?;
+            let cpu = cpu_seconds() - cpu_before;
             if report.bytes_transferred != bytes || report.digest != image.digest {
                 bail!("{mode} run {run} did not transfer the image: {report:?}");
             }
             eprintln!(
-                "run {run} {mode}: {:.3} s, {:.2} GB/s",
+                "run {run} {mode}: {:.3} s, {:.2} GB/s, {cpu:.2} CPU s",
                 report.seconds,
                 report.bytes_per_second / 1e9
             );
             if mode == "tls" {
                 tls_seconds.push(report.seconds);
+                tls_cpu.push(cpu);
             } else {
                 plain_seconds.push(report.seconds);
+                plain_cpu.push(cpu);
             }
             target_store.delete(&location)?;
         }
@@ -233,8 +267,8 @@ async fn main() -> Result<()> {
     tls_server.shutdown(Duration::from_secs(5)).await;
     plain_server.shutdown(Duration::from_secs(5)).await;
 
-    let tls = summarize("tls", tls_seconds, bytes);
-    let raw = summarize("raw", plain_seconds, bytes);
+    let tls = summarize("tls", tls_seconds, tls_cpu, bytes);
+    let raw = summarize("raw", plain_seconds, plain_cpu, bytes);
     let ratio = if raw.gb_per_s > 0.0 {
         tls.gb_per_s / raw.gb_per_s
     } else {
@@ -248,12 +282,18 @@ async fn main() -> Result<()> {
         args.runs,
         scratch.0.parent().unwrap_or(&scratch.0).display()
     );
-    println!("| mode | median s | GB/s | GiB/s | min–max GB/s |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| mode | median s | GB/s | GiB/s | min–max GB/s | CPU s per GB (both ends) |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for m in [&tls, &raw] {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3}–{:.3} |",
-            m.mode, m.median_seconds, m.gb_per_s, m.gib_per_s, m.min_gb_per_s, m.max_gb_per_s
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3}–{:.3} | {:.3} |",
+            m.mode,
+            m.median_seconds,
+            m.gb_per_s,
+            m.gib_per_s,
+            m.min_gb_per_s,
+            m.max_gb_per_s,
+            m.median_cpu_seconds_per_gb
         );
     }
     println!(
