@@ -697,3 +697,108 @@ async fn urls_cannot_leave_the_image_or_reach_unlisted_files() {
     assert_eq!(&body[..], &image.manifest_bytes[..]);
     assert_intact(&source_store);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_partials_are_checked_not_trusted() {
+    let tmp = scratch(64 * MIB);
+    let source_store = Store::open(tmp.path().join("source")).unwrap();
+    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    let image = publish(
+        &source_store,
+        SOURCE_LOCATION,
+        &[
+            ("a.img", 2 * MIB),
+            ("b.img", 2 * MIB),
+            ("c.img", 2 * MIB),
+            ("d.img", 2 * MIB),
+        ],
+    );
+    // What an earlier attempt might have left: a good prefix, a complete but corrupt file,
+    // a file longer than the manifest says, and a complete good file.
+    let staging = target_store.resume(TARGET_LOCATION).unwrap();
+    let source_bytes = |name: &str| fs::read(image.file_path(name).unwrap()).unwrap();
+    fs::write(
+        staging.file_path("a.img").unwrap(),
+        &source_bytes("a.img")[..MIB as usize + 3],
+    )
+    .unwrap();
+    let mut corrupt = source_bytes("b.img");
+    corrupt[10] ^= 0xff;
+    fs::write(staging.file_path("b.img").unwrap(), &corrupt).unwrap();
+    let mut long = source_bytes("c.img");
+    long.extend_from_slice(b"trailing");
+    fs::write(staging.file_path("c.img").unwrap(), &long).unwrap();
+    fs::write(staging.file_path("d.img").unwrap(), source_bytes("d.img")).unwrap();
+
+    let source = Source::start(source_store.clone()).await;
+    let report = pull_ok(&source.spec(), &target_store).await;
+    // a.img resumed from its prefix, d.img kept, b.img and c.img fetched again.
+    assert_eq!(report.bytes_resumed, MIB + 3 + 2 * MIB, "{report:?}");
+    assert_eq!(report.bytes_transferred, 8 * MIB - report.bytes_resumed);
+    let pulled = target_store.open_image(TARGET_LOCATION).unwrap();
+    pulled.verify().unwrap();
+    assert_eq!(pulled.digest, image.digest);
+}
+
+/// Every log line of this test binary (all levels) goes here.
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_reach_the_logs() {
+    let logs = captured_logs();
+    let tmp = scratch(64 * MIB);
+    let source_store = Store::open(tmp.path().join("source")).unwrap();
+    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    publish(&source_store, SOURCE_LOCATION, &[("f", MIB)]);
+    let source = Source::start(source_store.clone()).await;
+    let wrong = Token::generate().unwrap();
+    let err = pull(
+        &PullSpec {
+            token: wrong.clone(),
+            ..source.spec()
+        },
+        &target_store,
+        |_, _| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, TransferError::Unauthorized(_)));
+    pull_ok(&source.spec(), &target_store).await;
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("transfer refused: bad token"), "{text}");
+    assert!(text.contains("image pulled and verified"), "{text}");
+    for secret in [source.token.expose_secret(), wrong.expose_secret()] {
+        assert!(!text.contains(secret), "a token reached the logs");
+    }
+    // The header's value, as sent ("Bearer <hex>"); the refusal reasons say "bearer token".
+    assert!(
+        !text.contains("Bearer "),
+        "an Authorization header reached the logs"
+    );
+}

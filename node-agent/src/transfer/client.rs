@@ -6,9 +6,10 @@
 //! fails (full disk, source gone) keeps the partial, and the next pull of the same location
 //! hashes what is there and continues from it.
 //!
-//! Memory is bounded: received chunks go through a channel of [`CHUNKS_IN_FLIGHT`] slots to
-//! a blocking writer thread, which also hashes, so decryption and hashing+writing run on two
-//! cores.
+//! Memory is bounded: received data is gathered into [`WRITE_CHUNK`]-sized buffers (TLS
+//! hands it over a record, ~16 KiB, at a time; one write and one thread wake-up per MiB
+//! instead) that go through a channel of [`CHUNKS_IN_FLIGHT`] slots to a blocking writer
+//! thread, which also hashes, so decryption and hashing+writing run on two cores.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -37,8 +38,12 @@ use super::token::Token;
 use super::{Result, TransferError, io_err};
 use crate::store::{FileEntry, Manifest, Staging, Store, hex, sha256_hex};
 
-/// Received chunks queued for the writer (each at most hyper's read buffer, ~400 KiB).
-pub const CHUNKS_IN_FLIGHT: usize = 32;
+/// Buffers queued for the writer.
+pub const CHUNKS_IN_FLIGHT: usize = 8;
+/// Bytes gathered before a buffer goes to the writer.
+pub const WRITE_CHUNK: usize = 1 << 20;
+/// Socket read buffer under TLS (see [`Puller::connect`]).
+const TLS_READ_BUFFER: usize = 256 << 10;
 /// Attempts in a row without progress before a file (or the manifest) gives up.
 pub const MAX_ATTEMPTS: u32 = 5;
 /// First retry delay; doubled per failed attempt in a row.
@@ -309,6 +314,9 @@ impl<'a> Puller<'a> {
         let sender = match &self.transport {
             ClientTransport::Tls(config) => {
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
+                // rustls reads its socket 4 KiB at a time (several read syscalls per 16 KiB
+                // record); a buffer below it makes that one syscall per TLS_READ_BUFFER.
+                let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
                 let tls = tokio::time::timeout(
                     CONNECT_TIMEOUT,
                     connector.connect(self.server_name.clone(), tcp),
@@ -543,6 +551,10 @@ impl<'a> Puller<'a> {
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
         let (tx, writer) = spawn_writer(file, hasher);
+        let mut sink = Sink {
+            tx,
+            pending: BytesMut::new(),
+        };
         let url = http_paths::file_path(&self.spec.namespace, &self.spec.request, &entry.path);
         let mut failures = 0u32;
         let mut first = true;
@@ -558,10 +570,24 @@ impl<'a> Puller<'a> {
             }
             first = false;
             let before = offset;
-            match self
-                .stream_into(&url, range, entry, &tx, &mut offset, done, total, progress)
-                .await
-            {
+            let streamed = self
+                .stream_into(
+                    &url,
+                    range,
+                    entry,
+                    &mut sink,
+                    &mut offset,
+                    done,
+                    total,
+                    progress,
+                )
+                .await;
+            // What was received counts in `offset`, so it must reach the file before a resume.
+            let streamed = match sink.flush().await {
+                Ok(()) => streamed,
+                Err(WriterGone) => Err(Stream::WriterGone),
+            };
+            match streamed {
                 Ok(()) if offset == entry.size => break Ok(()),
                 Ok(()) => {
                     failures = if offset > before { 1 } else { failures + 1 };
@@ -582,7 +608,7 @@ impl<'a> Puller<'a> {
                 }
             }
         };
-        drop(tx);
+        drop(sink);
         let written = writer
             .await
             .map_err(|e| TransferError::Protocol(format!("file writer panicked: {e}")))?;
@@ -631,7 +657,7 @@ impl<'a> Puller<'a> {
         url: &str,
         range: Option<u64>,
         entry: &FileEntry,
-        tx: &mpsc::Sender<Bytes>,
+        sink: &mut Sink,
         offset: &mut u64,
         done: &mut u64,
         total: u64,
@@ -665,7 +691,7 @@ impl<'a> Puller<'a> {
                     entry.path, entry.size
                 ))));
             }
-            if tx.send(data).await.is_err() {
+            if sink.push(data).await.is_err() {
                 return Err(Stream::WriterGone);
             }
             *offset += len;
@@ -673,6 +699,44 @@ impl<'a> Puller<'a> {
             self.report.bytes_transferred += len;
             progress(*done, total);
         }
+    }
+}
+
+/// The writer thread stopped (a write failed); its join result says why.
+struct WriterGone;
+
+/// Gathers received data into [`WRITE_CHUNK`]-sized buffers for the writer thread.
+struct Sink {
+    tx: mpsc::Sender<Bytes>,
+    pending: BytesMut,
+}
+
+impl Sink {
+    async fn push(&mut self, data: Bytes) -> std::result::Result<(), WriterGone> {
+        if self.pending.is_empty() && data.len() >= WRITE_CHUNK {
+            return self.tx.send(data).await.map_err(|_| WriterGone);
+        }
+        // Flush first rather than grow: growing would copy the whole buffer again.
+        if !self.pending.is_empty() && self.pending.len() + data.len() > self.pending.capacity() {
+            self.flush().await?;
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(WRITE_CHUNK.max(data.len()));
+        }
+        self.pending.extend_from_slice(&data);
+        if self.pending.len() >= WRITE_CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::result::Result<(), WriterGone> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // split() hands the filled buffer over; the next push allocates a fresh one.
+        let full = self.pending.split().freeze();
+        self.tx.send(full).await.map_err(|_| WriterGone)
     }
 }
 

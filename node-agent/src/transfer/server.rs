@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::http_paths::{self, DIGEST_HEADER, ERROR_HEADER, Route, RouteError, codes};
 use super::token::{self, Denial, GrantSource};
@@ -78,7 +78,8 @@ pub struct TransferServer {
 }
 
 impl TransferServer {
-    /// Serves `store`'s images on `listener`, authorizing with `grants`.
+    /// Serves `store`'s images on `listener`, authorizing with `grants`. Must be called
+    /// inside a tokio runtime (it spawns the accept loop).
     pub fn spawn(
         listener: TcpListener,
         store: Store,
@@ -86,6 +87,11 @@ impl TransferServer {
         transport: ServerTransport,
     ) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
+        info!(
+            addr = %local_addr,
+            tls = matches!(transport, ServerTransport::Tls(_)),
+            "transfer server listening"
+        );
         let stats = Arc::new(TransferStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
