@@ -52,9 +52,9 @@ fn provider() -> Arc<CryptoProvider> {
     // AES-128-GCM first: the image is already integrity-checked end to end by SHA-256, and
     // AES-128 costs less CPU per byte than AES-256 (transfers are CPU-bound on small nodes).
     let mut provider = ring::default_provider();
-    provider.cipher_suites.sort_by_key(|suite| {
-        suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
-    });
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     Arc::new(provider)
 }
 
