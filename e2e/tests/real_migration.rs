@@ -215,9 +215,11 @@ fn a_real_pod_migrates_between_two_real_nodes_through_the_operator() {
                 let leases = cluster
                     .kubectl(&["get", "leases", "-n", SYSTEM_NAMESPACE, "-o", "name"])
                     .map_err(|e| e.to_string())?;
-                let both = names
-                    .iter()
-                    .all(|n| leases.contains(&format!("lease/ferry-agent-{n}")));
+                let both = names.iter().all(|n| {
+                    leases
+                        .lines()
+                        .any(|l| l.ends_with(&format!("/ferry-agent-{n}")))
+                });
                 if both { Ok(Some(())) } else { Err(leases) }
             },
         )
