@@ -27,6 +27,9 @@ pub const CONTROLLER_LABELS: [&str; 6] = [
     "apps.kubernetes.io/pod-index",
 ];
 
+/// The node label a pod is pinned to one node by (`nodeSelector`).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
 /// Name of the request's Checkpoint task.
 pub fn checkpoint_task_name(request: &str) -> String {
     format!("{request}-checkpoint")
@@ -202,6 +205,14 @@ pub fn restored_pod(request: &CheckpointRequest, source: &Pod, name: String, tar
     );
     let mut spec = source.spec.clone().unwrap_or_default();
     spec.node_name = Some(target.to_string());
+    // A pod pinned to its node by hostname would be rejected by the target's kubelet
+    // (`NodeAffinity`): the pin names the source, and the migration's target replaces it.
+    if let Some(selector) = spec.node_selector.as_mut() {
+        selector.remove(HOSTNAME_LABEL);
+        if selector.is_empty() {
+            spec.node_selector = None;
+        }
+    }
     // The API server rejects scheduling gates on a pod that already names its node.
     spec.scheduling_gates = None;
     Pod {
@@ -301,10 +312,20 @@ mod tests {
                 "labels": {"app": "x", "pod-template-hash": "abc"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true}],
             },
-            "spec": {"nodeName": "a", "containers": [{"name": "c", "image": "i"}]},
+            "spec": {"nodeName": "a", "nodeSelector": {"kubernetes.io/hostname": "a", "gpu": "mi300"},
+                     "containers": [{"name": "c", "image": "i"}]},
         }))
         .unwrap();
         let pod = restored_pod(&request, &source, "p-restored-x".into(), "b");
+        let selector = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_selector.clone())
+            .unwrap();
+        assert_eq!(
+            selector.into_iter().collect::<Vec<_>>(),
+            [("gpu".to_string(), "mi300".to_string())]
+        );
         assert_eq!(
             pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
             Some("b")
