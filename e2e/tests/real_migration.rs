@@ -346,8 +346,7 @@ spec:
 
     // Restored, not restarted: right after the pod runs its count is already past where the
     // source was before the request (a fresh start needs 10 s to get there), it never goes back
-    // or repeats (a fresh start after carried-over log lines would count from 0 again), and it
-    // goes on.
+    // (a fresh start after the carried-over log lines would count from 0 again), and it goes on.
     let resumed = cluster
         .poll(
             "the restored counter's first counts",
@@ -381,8 +380,12 @@ spec:
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     let seen = counts(&after);
+    // Non-decreasing, not strictly increasing: the source keeps running after the checkpoint
+    // (a migration's checkpoint leaves it running until the restored pod runs), and the log
+    // carried over is copied after the dump, so the counts the source printed after its
+    // freeze may be printed again by the restored process (seen: `52` twice).
     assert!(
-        seen.windows(2).all(|w| w[0] < w[1]),
+        seen.windows(2).all(|w| w[0] <= w[1]),
         "the restored counter went backwards (restarted?):\n{after}"
     );
     let restarts = cluster
