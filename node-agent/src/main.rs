@@ -404,23 +404,7 @@ fn kubelet_api(args: &Args) -> Result<KubeletApi> {
         .kubelet_url
         .as_deref()
         .context("--runtime containerd needs --kubelet-url (https://<node IP>:10250)")?;
-    let address = url
-        .strip_prefix("https://")
-        .context("--kubelet-url must be https://host:port")?
-        .trim_end_matches('/')
-        .to_string();
-    let host = match address.rsplit_once(':') {
-        Some((host, _)) => host,
-        None => address.as_str(),
-    }
-    .trim_start_matches('[')
-    .trim_end_matches(']')
-    .to_string();
-    let address = if address.contains(':') && !address.ends_with(']') {
-        address
-    } else {
-        format!("{address}:{}", ferry_agent::kubelet::KUBELET_PORT)
-    };
+    let (address, host) = KubeletApi::address_of(url)?;
     let ca = std::fs::read(&args.kubelet_ca)
         .with_context(|| format!("reading --kubelet-ca {}", args.kubelet_ca.display()))?;
     let client = match (&args.kubelet_client_cert, &args.kubelet_client_key) {
