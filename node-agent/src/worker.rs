@@ -649,7 +649,9 @@ fn checkpoint_result(
         sha256: Some(image.digest.clone()),
         gpu_vendor: Some(vendor_of(stats, image)),
         gpu_memory_bytes: stats.map(|s| s.total_bytes() as i64),
-        host_memory_bytes: Some(host_memory_bytes(image) as i64),
+        // The pages of a kubelet archive are inside its tar, not counted here: unknown, not 0.
+        host_memory_bytes: (image.manifest.meta.kind == ImageKind::Criu)
+            .then(|| host_memory_bytes(image) as i64),
         timings: Some(TaskTimings {
             checkpoint_ms: duration.map(|d| d.as_millis() as i64),
             frozen_at,
