@@ -339,6 +339,10 @@ pub struct CheckpointInfo {
     /// SHA-256 (hex) of the image manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The containers whose kubelet checkpoint archive the image holds (the Checkpoint task's
+    /// `archiveContainers`): the restored pod runs them from containerd checkpoint images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archive_containers: Vec<String>,
 }
 
 /// One GPU in a checkpoint.

@@ -130,6 +130,28 @@ pub mod agent {
     }
 }
 
+/// containerd checkpoint images: how the operator (the restored pod's `image`) and the target
+/// agent (the `ctr images import`) name the image a kubelet checkpoint archive becomes. One
+/// function for both binaries, so the name the kubelet looks up is the name imported.
+pub mod checkpoint_image {
+    /// Registry-and-path prefix of every checkpoint image; `localhost` is never pulled from.
+    pub const PREFIX: &str = "localhost/ferry-checkpoint";
+
+    /// `localhost/ferry-checkpoint/<namespace>/<request>/<container>:<first 12 of digest>`:
+    /// deterministic (a retried import or a restarted operator gets the same name) and unique
+    /// per request and image content. Kubernetes names (DNS-1123) are valid reference path
+    /// components; the digest is lower-case hex, a valid tag.
+    pub fn reference(
+        namespace: &str,
+        request: &str,
+        container: &str,
+        image_sha256: &str,
+    ) -> String {
+        let tag: String = image_sha256.chars().take(12).collect();
+        format!("{PREFIX}/{namespace}/{request}/{container}:{tag}")
+    }
+}
+
 /// The finalizer the operator puts on a CheckpointRequest, so that deleting it first removes
 /// its NodeTasks and images.
 pub const FINALIZER: &str = "ferry.dev/cleanup";
@@ -205,6 +227,19 @@ pub mod metric {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_image_reference_is_deterministic_and_tagged_by_the_digest() {
+        let r = checkpoint_image::reference("ml", "move-trainer", "trainer", &"ab".repeat(32));
+        assert_eq!(
+            r,
+            "localhost/ferry-checkpoint/ml/move-trainer/trainer:abababababab"
+        );
+        assert_eq!(
+            r,
+            checkpoint_image::reference("ml", "move-trainer", "trainer", &"ab".repeat(32))
+        );
+    }
 
     #[test]
     fn every_metric_name_is_a_valid_prometheus_name_with_the_ferry_prefix() {

@@ -309,6 +309,11 @@ pub struct TaskResult {
     /// Restore with a `source`: the image pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferStats>,
+    /// Checkpoint through the kubelet: the containers whose checkpoint archive the image holds.
+    /// A restore of such an image goes through containerd (a checkpoint image per container,
+    /// named by `names::checkpoint_image::reference`), not through CRIU run by the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archive_containers: Vec<String>,
 }
 
 /// Step durations of a task, in milliseconds.

@@ -167,6 +167,7 @@ fn full_request() -> CheckpointRequest {
                 memory_bytes: Some(8 << 30),
             }],
             sha256: Some("ab".repeat(32)),
+            archive_containers: vec!["trainer".into()],
         }),
         timings: Some(RequestTimings {
             checkpoint_ms: Some(4_000),
@@ -393,6 +394,7 @@ fn full_task() -> NodeTask {
                 bytes: Some(10 << 30),
                 bytes_per_second: Some(1 << 30),
             }),
+            archive_containers: Vec::new(),
         }),
     });
     task

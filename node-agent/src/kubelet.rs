@@ -79,6 +79,39 @@ impl KubeletApi {
         }
     }
 
+    /// `(host:port to connect to, host for the certificate check)` of a kubelet URL
+    /// `https://<host>[:<port>]` (`[v6]` hosts in brackets; default port [`KUBELET_PORT`]).
+    pub fn address_of(url: &str) -> Result<(String, String)> {
+        let bad =
+            || RuntimeError::Invalid(format!("kubelet URL {url:?} is not https://host[:port]"));
+        let authority = url
+            .strip_prefix("https://")
+            .ok_or_else(bad)?
+            .trim_end_matches('/');
+        let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse::<u16>().map_err(|_| bad())?,
+            None => KUBELET_PORT,
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(bad());
+        }
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok((address, host.to_string()))
+    }
+
     /// A rustls client config (ring) trusting `ca_pem` and, with `client`, authenticating with
     /// that certificate chain and key (PEM).
     pub fn tls_config(
@@ -418,6 +451,36 @@ impl Checkpointer for KubeletApi {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn kubelet_urls_give_the_address_and_the_certificate_name() {
+        let a = |u: &str| KubeletApi::address_of(u).unwrap();
+        assert_eq!(
+            a("https://10.0.0.7:10250"),
+            ("10.0.0.7:10250".into(), "10.0.0.7".into())
+        );
+        assert_eq!(
+            a("https://node-1/"),
+            ("node-1:10250".into(), "node-1".into())
+        );
+        assert_eq!(
+            a("https://[fd00::7]:1234"),
+            ("[fd00::7]:1234".into(), "fd00::7".into())
+        );
+        assert_eq!(
+            a("https://[fd00::7]"),
+            ("[fd00::7]:10250".into(), "fd00::7".into())
+        );
+        for bad in [
+            "http://n:10250",
+            "https://",
+            "https://n:x",
+            "https://[fd00::7",
+            "https://n/p",
+        ] {
+            assert!(KubeletApi::address_of(bad).is_err(), "{bad} accepted");
+        }
+    }
 
     #[test]
     fn the_request_path_takes_only_kubernetes_names() {

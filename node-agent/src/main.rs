@@ -13,8 +13,10 @@ use ferry_agent::criu::Criu;
 use ferry_agent::grants::SecretGrants;
 use ferry_agent::http::{HttpState, router};
 use ferry_agent::intake::{self, IntakeConfig};
+use ferry_agent::kubelet::KubeletApi;
 use ferry_agent::lease::{self, LeaseConfig};
 use ferry_agent::metrics::Metrics;
+use ferry_agent::restore::Ctr;
 use ferry_agent::store::{GcPolicy, Store};
 use ferry_agent::transfer::{NodeIdentity, ServerTransport, TransferServer};
 use ferry_agent::worker::{RuntimeMode, Worker, WorkerConfig};
@@ -32,6 +34,9 @@ enum LogFormat {
 enum Runtime {
     /// containerd's runc containers (production).
     Runc,
+    /// The kubelet's checkpoint API and containerd's checkpoint-image restore (containerd ≥ 2.1
+    /// with `enable_experimental_restore_via_create`).
+    Containerd,
     /// Host process trees named by the pod annotation `ferry.dev/pid` (demo and tests only).
     Process,
 }
@@ -88,6 +93,66 @@ struct Args {
         env = "FERRY_RUNC_ROOT"
     )]
     runc_root: PathBuf,
+    /// containerd runtime: this node's kubelet, `https://<node IP>:10250`.
+    #[arg(long, env = "FERRY_KUBELET_URL")]
+    kubelet_url: Option<String>,
+    /// containerd runtime: the name the kubelet's serving certificate is checked against
+    /// (default: the URL's host).
+    #[arg(long, env = "FERRY_KUBELET_SERVER_NAME")]
+    kubelet_server_name: Option<String>,
+    /// containerd runtime: CA bundle (PEM) that signs the kubelet's serving certificate.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+        env = "FERRY_KUBELET_CA"
+    )]
+    kubelet_ca: PathBuf,
+    /// containerd runtime: client certificate (PEM) the kubelet authenticates the agent by
+    /// (x509); without it, the bearer token of --kubelet-token-file (webhook authentication).
+    #[arg(
+        long,
+        env = "FERRY_KUBELET_CLIENT_CERT",
+        requires = "kubelet_client_key"
+    )]
+    kubelet_client_cert: Option<PathBuf>,
+    /// containerd runtime: the client certificate's key (PEM).
+    #[arg(
+        long,
+        env = "FERRY_KUBELET_CLIENT_KEY",
+        requires = "kubelet_client_cert"
+    )]
+    kubelet_client_key: Option<PathBuf>,
+    /// containerd runtime: bearer token file for the kubelet, used without a client cert.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        env = "FERRY_KUBELET_TOKEN_FILE"
+    )]
+    kubelet_token_file: PathBuf,
+    /// containerd runtime: where the kubelet writes checkpoint archives, as it reports them.
+    #[arg(long, default_value = ferry_agent::kubelet::KUBELET_CHECKPOINTS_DIR, env = "FERRY_KUBELET_CHECKPOINTS_DIR")]
+    kubelet_checkpoints_dir: PathBuf,
+    /// containerd runtime: the same directory as this agent sees it (its hostPath mount);
+    /// default: --kubelet-checkpoints-dir.
+    #[arg(long, env = "FERRY_KUBELET_CHECKPOINTS_MOUNT")]
+    kubelet_checkpoints_mount: Option<PathBuf>,
+    /// containerd runtime: containerd's socket (checkpoint images are imported through it).
+    #[arg(
+        long,
+        default_value = "/run/containerd/containerd.sock",
+        env = "FERRY_CONTAINERD_SOCKET"
+    )]
+    containerd_socket: PathBuf,
+    /// containerd runtime: the `ctr` binary.
+    #[arg(long, default_value = "ctr", env = "FERRY_CTR")]
+    ctr: PathBuf,
+    /// containerd runtime: the CRI plugin's snapshotter, which imported images are unpacked into.
+    #[arg(
+        long,
+        default_value = "overlayfs",
+        env = "FERRY_CONTAINERD_SNAPSHOTTER"
+    )]
+    containerd_snapshotter: String,
     /// CRIU binary.
     #[arg(long, default_value = "criu", env = "FERRY_CRIU")]
     criu: PathBuf,
@@ -270,6 +335,14 @@ async fn main() -> Result<()> {
             binary: args.runc.clone(),
             root: args.runc_root.clone(),
         },
+        Runtime::Containerd => RuntimeMode::Containerd {
+            kubelet: kubelet_api(&args)?,
+            ctr: Ctr {
+                binary: args.ctr.clone(),
+                socket: args.containerd_socket.clone(),
+                snapshotter: args.containerd_snapshotter.clone(),
+            },
+        },
         Runtime::Process => {
             warn!(
                 "process runtime: pods name host process trees by annotation; for demos and tests only"
@@ -323,6 +396,48 @@ async fn main() -> Result<()> {
     let _ = http.await;
     info!("ferry-agent stopped");
     Ok(())
+}
+
+/// The kubelet checkpoint API client from the `--kubelet-*` flags.
+fn kubelet_api(args: &Args) -> Result<KubeletApi> {
+    let url = args
+        .kubelet_url
+        .as_deref()
+        .context("--runtime containerd needs --kubelet-url (https://<node IP>:10250)")?;
+    let (address, host) = KubeletApi::address_of(url)?;
+    let ca = std::fs::read(&args.kubelet_ca)
+        .with_context(|| format!("reading --kubelet-ca {}", args.kubelet_ca.display()))?;
+    let client = match (&args.kubelet_client_cert, &args.kubelet_client_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+            std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+        )),
+        _ => None,
+    };
+    let tls = KubeletApi::tls_config(
+        &ca,
+        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )?;
+    let mut api = KubeletApi::new(
+        address,
+        args.kubelet_server_name.clone().unwrap_or(host),
+        tls,
+    );
+    if client.is_none() {
+        let token = std::fs::read_to_string(&args.kubelet_token_file).with_context(|| {
+            format!(
+                "reading --kubelet-token-file {} (or pass --kubelet-client-cert/--kubelet-client-key)",
+                args.kubelet_token_file.display()
+            )
+        })?;
+        api.bearer_token = Some(token.trim().to_string());
+    }
+    api.host_checkpoints_dir = args.kubelet_checkpoints_dir.clone();
+    api.local_checkpoints_dir = args
+        .kubelet_checkpoints_mount
+        .clone()
+        .unwrap_or_else(|| args.kubelet_checkpoints_dir.clone());
+    Ok(api)
 }
 
 async fn shutdown_signal() {

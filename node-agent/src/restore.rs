@@ -2,8 +2,9 @@
 //! - [`crate::runc::Runc`]: `runc restore` of a container's CRIU images into a bundle;
 //! - [`crate::process_tree::ProcessTree`]: CRIU on a process tree;
 //! - containerd ≥ 2.1's checkpoint-image restore: [`ContainerdCheckpointImage`] builds the OCI
-//!   image from a kubelet archive; importing it and creating the pod is containerd's and the
-//!   kubelet's work (not run here: no containerd ≥ 2.1 on this machine).
+//!   image from a kubelet archive, [`pack_layout`] makes it the tar `ctr` takes and [`Ctr`]
+//!   imports it into the node's containerd; creating the container from it (CRIU's restore)
+//!   is then the kubelet's and containerd's work, when they start the restored pod.
 //!
 //! **A restore never modifies the image.** CRIU writes into its image directory on restore
 //! (`stats-restore`, and ferry's plugin writes `ferry-restore-stats.json` next to the images),
@@ -359,8 +360,13 @@ impl ContainerdCheckpointImage {
                 "mediaType": media_type::MANIFEST,
                 "digest": manifest_digest,
                 "size": manifest_size,
+                // `ctr images import` unpacks only manifests for its platform; without one
+                // the image is stored but not unpacked, and the kubelet cannot create from it.
+                "platform": { "architecture": oci_arch(), "os": "linux" },
                 "annotations": {
-                    "org.opencontainers.image.ref.name": self.reference,
+                    // OCI: `ref.name` is the tag; containerd takes the full name from its own
+                    // annotation.
+                    "org.opencontainers.image.ref.name": self.reference.rsplit_once(':').map_or("latest", |(_, tag)| tag),
                     "io.containerd.image.name": self.reference,
                     CRIU_CHECKPOINT_CONTAINER_NAME: self.container,
                 },
@@ -380,6 +386,86 @@ impl ContainerdCheckpointImage {
             manifest_digest,
             layer_digest,
         })
+    }
+}
+
+/// Packs the OCI image layout `layout` into the tar `out` that `ctr images import` reads.
+pub fn pack_layout(layout: &Path, out: &Path, limit: Duration) -> Result<()> {
+    let log = out.with_extension("tar.log");
+    let stderr =
+        std::fs::File::create(&log).map_err(io_err(format!("create {}", log.display())))?;
+    let mut cmd = std::process::Command::new("tar");
+    cmd.arg("-C")
+        .arg(layout)
+        .arg("-cf")
+        .arg(out)
+        .args(["oci-layout", "index.json", "blobs"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+    let done = crate::exec::run(&mut cmd, "tar of the checkpoint image", limit)?;
+    tool_result("tar", "create", done.status, &log)
+}
+
+fn tool_result(
+    tool: &'static str,
+    op: &'static str,
+    status: std::process::ExitStatus,
+    log: &Path,
+) -> Result<()> {
+    if status.success() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let message = text
+        .lines()
+        .rev()
+        .take(3)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join(" | ");
+    Err(RuntimeError::Tool {
+        tool,
+        op,
+        status: status.to_string(),
+        message,
+        log: log.to_path_buf(),
+    })
+}
+
+/// containerd's client `ctr` on the node's containerd socket, in the `k8s.io` namespace (the
+/// kubelet's: an image elsewhere is invisible to it).
+#[derive(Clone, Debug)]
+pub struct Ctr {
+    /// The `ctr` binary.
+    pub binary: PathBuf,
+    /// containerd's socket.
+    pub socket: PathBuf,
+    /// The snapshotter the CRI plugin uses (its images must be unpacked into that one).
+    pub snapshotter: String,
+}
+
+impl Ctr {
+    /// `ctr images import` of the OCI archive `archive`; `ctr`'s output goes to `log`.
+    pub fn import(&self, archive: &Path, log: &Path, limit: Duration) -> Result<()> {
+        let out =
+            std::fs::File::create(log).map_err(io_err(format!("create {}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(io_err(format!("open {}", log.display())))?;
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(format!("--snapshotter={}", self.snapshotter))
+            .arg(archive)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let done = crate::exec::run(&mut cmd, "ctr images import", limit)?;
+        tool_result("ctr", "images import", done.status, log)
     }
 }
 
@@ -415,8 +501,24 @@ mod tests {
         assert_eq!(desc["digest"], layout.manifest_digest.as_str());
         assert_eq!(
             desc["annotations"]["org.opencontainers.image.ref.name"],
+            "abc"
+        );
+        assert_eq!(
+            desc["annotations"]["io.containerd.image.name"],
             "localhost/ferry-checkpoint/ns/p-app:abc"
         );
+        assert_eq!(desc["platform"]["os"], "linux");
+        // The layout packs into the tar `ctr images import` reads.
+        let tar = tmp.path().join("img.tar");
+        pack_layout(&out, &tar, Duration::from_secs(30)).unwrap();
+        let listing = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(&tar)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        assert!(listing.lines().any(|l| l == "index.json"), "{listing}");
+        assert!(listing.lines().any(|l| l == "oci-layout"), "{listing}");
         // Every blob is stored under its digest and its size is right.
         let blob = |digest: &str| {
             let hex = digest.strip_prefix("sha256:").unwrap();

@@ -5,6 +5,12 @@
 //! * `runc` (production): each container's runtime id from the pod's `containerStatuses`
 //!   (`containerd://<id>`), checkpointed under containerd's runc root with CRIU and ferry's
 //!   plugin.
+//! * `containerd` (kubelet checkpoint API, containerd ≥ 2.1 checkpoint-image restore): a
+//!   Checkpoint asks the node's kubelet (`POST /checkpoint/...`) for each container's
+//!   checkpoint archive; a Restore turns each archive into a containerd checkpoint image and
+//!   imports it into the node's containerd under the name the operator gave the restored pod's
+//!   container (`ferry_api::names::checkpoint_image::reference`); the kubelet then creates the
+//!   container from it, which is containerd's restore.
 //! * `process` (demo and tests, where pods are simulated): the pod's annotation
 //!   `ferry.dev/pid` names the root of a host process tree (the init of its own pid
 //!   namespace, so that a restored copy can run beside the original). Only an agent started
@@ -29,11 +35,14 @@ use crate::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
 use crate::criu::Criu;
 use crate::grants;
 use crate::intake::{Attempt, Executor, TaskFailure, TaskOutcome};
+use crate::kubelet::KubeletApi;
 use crate::metrics::Metrics;
 use crate::process_tree::ProcessTree;
-use crate::restore::{RestoreJob, RestoreTarget, Restorer};
+use crate::restore::{
+    ContainerdCheckpointImage, Ctr, RestoreJob, RestoreTarget, Restorer, pack_layout,
+};
 use crate::runc::Runc;
-use crate::store::{Image, ImageSource, Store};
+use crate::store::{Image, ImageKind, ImageSource, Store};
 use crate::transfer::{self, PullSpec};
 
 /// Annotation on a pod, read only by an agent in `process` mode: the root pid of the process
@@ -49,6 +58,13 @@ pub enum RuntimeMode {
         binary: PathBuf,
         /// containerd's runc state dir.
         root: PathBuf,
+    },
+    /// The kubelet checkpoints, containerd restores from imported checkpoint images.
+    Containerd {
+        /// This node's kubelet checkpoint API.
+        kubelet: KubeletApi,
+        /// `ctr` on the node's containerd.
+        ctr: Ctr,
     },
     /// A host process tree named by the pod's `ferry.dev/pid` annotation (demo, tests).
     Process,
@@ -175,6 +191,10 @@ impl Worker {
                 let name = names.into_iter().next().unwrap_or_else(|| "main".into());
                 Ok(vec![ContainerTarget::Process { name, pid }])
             }
+            RuntimeMode::Containerd { .. } => Ok(names
+                .into_iter()
+                .map(|name| ContainerTarget::Kubelet { name })
+                .collect()),
             RuntimeMode::Runc { .. } => {
                 let statuses = pod
                     .status
@@ -249,6 +269,7 @@ impl Worker {
             RuntimeMode::Runc { binary, root } => {
                 Box::new(Runc::new(binary, root, self.config.criu.clone()))
             }
+            RuntimeMode::Containerd { kubelet, .. } => Box::new(kubelet.clone()),
         };
         let started = Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -334,6 +355,19 @@ impl Worker {
                 .map_err(|e| TaskFailure(format!("image {location} is corrupt: {e}")))?;
         }
         let containers = match &self.config.runtime {
+            RuntimeMode::Containerd { ctr, .. } => {
+                let ctr = ctr.clone();
+                return self
+                    .import_checkpoint_images(
+                        &task,
+                        image,
+                        ctr,
+                        &attempt,
+                        transfer_ms,
+                        transfer_stats,
+                    )
+                    .await;
+            }
             RuntimeMode::Process => image
                 .manifest
                 .meta
@@ -395,7 +429,96 @@ impl Worker {
                 ..Default::default()
             }),
             transfer: transfer_stats,
+            archive_containers: Vec::new(),
         })
+    }
+
+    /// Restore in `containerd` mode: each container's kubelet archive becomes a checkpoint
+    /// image imported into this node's containerd. Re-running it re-imports under the same
+    /// names (an import replaces the image), so a retried task is harmless.
+    async fn import_checkpoint_images(
+        &self,
+        task: &NodeTask,
+        image: Image,
+        ctr: Ctr,
+        attempt: &Attempt,
+        transfer_ms: Option<i64>,
+        transfer_stats: Option<TransferStats>,
+    ) -> TaskOutcome {
+        if image.manifest.meta.kind != ImageKind::CheckpointArchive {
+            return Err(TaskFailure(format!(
+                "image {} holds CRIU image files, not kubelet checkpoint archives: the containerd runtime restores only archives; the image is kept",
+                image.location
+            )));
+        }
+        let containers = image.manifest.meta.source.containers.clone();
+        if containers.is_empty() {
+            return Err(TaskFailure(format!(
+                "image {} names no container",
+                image.location
+            )));
+        }
+        attempt.progress.say(format!(
+            "importing {} checkpoint image(s) into containerd",
+            containers.len()
+        ));
+        let work_dir = self
+            .config
+            .work_dir
+            .join(task.uid().unwrap_or_else(|| task.name_any()));
+        let _ = std::fs::remove_dir_all(&work_dir);
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|e| TaskFailure(format!("work dir {}: {e}", work_dir.display())))?;
+        let namespace = task.spec.pod.namespace.clone();
+        let request = task.spec.checkpoint_request.clone();
+        let limit = Duration::from_secs(task.spec.options.timeout_seconds.max(1) as u64);
+        let started = Instant::now();
+        let import_image = image.clone();
+        let import_dir = work_dir.clone();
+        let imported = tokio::task::spawn_blocking(move || {
+            let mut references = Vec::new();
+            for container in &import_image.manifest.meta.source.containers {
+                let archive = import_image.file_path(&format!("{container}.tar"))?;
+                let reference = ferry_api::names::checkpoint_image::reference(
+                    &namespace,
+                    &request,
+                    container,
+                    &import_image.digest,
+                );
+                let layout = ContainerdCheckpointImage {
+                    reference: reference.clone(),
+                    container: container.clone(),
+                }
+                .build_layout(&archive, &import_dir.join(format!("{container}-layout")))?;
+                let tar = import_dir.join(format!("{container}.oci.tar"));
+                pack_layout(&layout.dir, &tar, limit)?;
+                // The layout's copy of the archive is in the tar now: free it before the
+                // import copies the tar into containerd's content store.
+                let _ = std::fs::remove_dir_all(&layout.dir);
+                ctr.import(&tar, &import_dir.join(format!("{container}-import.log")), limit)?;
+                let _ = std::fs::remove_file(&tar);
+                info!(container = %container, reference = %reference, "checkpoint image imported into containerd");
+                references.push(reference);
+            }
+            Ok::<_, crate::criu::RuntimeError>(references)
+        })
+        .await
+        .map_err(|e| TaskFailure(format!("import worker: {e}")))?
+        .map_err(|e| TaskFailure(format!("{e}; the image is kept")))?;
+        // The logs are only needed when an import failed (the error names them).
+        let _ = std::fs::remove_dir_all(&work_dir);
+        let duration = started.elapsed();
+        self.metrics.restore(duration.as_secs_f64(), None);
+        info!(seconds = duration.as_secs_f64(), images = %imported.join(","), "checkpoint images imported; the kubelet restores the containers");
+        let mut result = checkpoint_result(&image, None, None);
+        result.timings = Some(TaskTimings {
+            transfer_ms,
+            restore_ms: Some(duration.as_millis() as i64),
+            ..Default::default()
+        });
+        result.transfer = transfer_stats;
+        result.archive_containers = containers;
+        Ok(result)
     }
 
     async fn pull(
@@ -526,12 +649,20 @@ fn checkpoint_result(
         sha256: Some(image.digest.clone()),
         gpu_vendor: Some(vendor_of(stats, image)),
         gpu_memory_bytes: stats.map(|s| s.total_bytes() as i64),
-        host_memory_bytes: Some(host_memory_bytes(image) as i64),
+        // The pages of a kubelet archive are inside its tar, not counted here: unknown, not 0.
+        host_memory_bytes: (image.manifest.meta.kind == ImageKind::Criu)
+            .then(|| host_memory_bytes(image) as i64),
         timings: Some(TaskTimings {
             checkpoint_ms: duration.map(|d| d.as_millis() as i64),
             frozen_at,
             ..Default::default()
         }),
         transfer: None,
+        // The operator gives the restored pod's containers checkpoint images for these.
+        archive_containers: if image.manifest.meta.kind == ImageKind::CheckpointArchive {
+            image.manifest.meta.source.containers.clone()
+        } else {
+            Vec::new()
+        },
     }
 }

@@ -411,6 +411,7 @@ async fn checkpointing(
                 gpu_vendor: result.gpu_vendor,
                 gpus: Vec::new(),
                 sha256: result.sha256.clone(),
+                archive_containers: result.archive_containers.clone(),
             });
             timings(st).checkpoint_ms = result.timings.as_ref().and_then(|t| t.checkpoint_ms);
             set_condition(
@@ -507,7 +508,10 @@ async fn restoring(
                     ),
                 ));
             };
-            let pod = tasks::restored_pod(req, &source_pod, restored_name.clone(), &target);
+            let mut pod = tasks::restored_pod(req, &source_pod, restored_name.clone(), &target);
+            if let Some(checkpoint) = &st.checkpoint {
+                tasks::use_checkpoint_images(&mut pod, req, checkpoint);
+            }
             create_ignoring_existing(&pods, &pod).await?;
             match pods.get_opt(&restored_name).await? {
                 Some(p) => p,

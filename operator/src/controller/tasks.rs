@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use ferry_api::names::{annotation, label};
 use ferry_api::{
-    CheckpointRequest, ImageRef, NodeTask, NodeTaskSpec, PodReference, SecretKeyRef, TaskOperation,
-    TaskOptions, TransferSource,
+    CheckpointInfo, CheckpointRequest, ImageRef, NodeTask, NodeTaskSpec, PodReference,
+    SecretKeyRef, TaskOperation, TaskOptions, TransferSource,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -26,6 +26,9 @@ pub const CONTROLLER_LABELS: [&str; 6] = [
     "batch.kubernetes.io/controller-uid",
     "apps.kubernetes.io/pod-index",
 ];
+
+/// The node label a pod is pinned to one node by (`nodeSelector`).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Name of the request's Checkpoint task.
 pub fn checkpoint_task_name(request: &str) -> String {
@@ -202,6 +205,14 @@ pub fn restored_pod(request: &CheckpointRequest, source: &Pod, name: String, tar
     );
     let mut spec = source.spec.clone().unwrap_or_default();
     spec.node_name = Some(target.to_string());
+    // A pod pinned to its node by hostname would be rejected by the target's kubelet
+    // (`NodeAffinity`): the pin names the source, and the migration's target replaces it.
+    if let Some(selector) = spec.node_selector.as_mut() {
+        selector.remove(HOSTNAME_LABEL);
+        if selector.is_empty() {
+            spec.node_selector = None;
+        }
+    }
     // The API server rejects scheduling gates on a pod that already names its node.
     spec.scheduling_gates = None;
     Pod {
@@ -217,9 +228,70 @@ pub fn restored_pod(request: &CheckpointRequest, source: &Pod, name: String, tar
     }
 }
 
+/// A checkpoint taken through the kubelet (its image holds checkpoint archives) is restored by
+/// containerd: each such container of the restored pod runs the checkpoint image the target
+/// agent imports, named by [`ferry_api::names::checkpoint_image::reference`]. `Never` pulled:
+/// the image exists only in the target node's containerd, and until the Restore task has
+/// imported it the kubelet reports `ErrImageNeverPull` and tries again on its next sync.
+pub fn use_checkpoint_images(
+    pod: &mut Pod,
+    request: &CheckpointRequest,
+    checkpoint: &CheckpointInfo,
+) {
+    let Some(digest) = checkpoint.sha256.as_deref() else {
+        return;
+    };
+    let namespace = request.namespace().unwrap_or_default();
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    for container in spec
+        .containers
+        .iter_mut()
+        .filter(|c| checkpoint.archive_containers.contains(&c.name))
+    {
+        container.image = Some(ferry_api::names::checkpoint_image::reference(
+            &namespace,
+            &request.name_any(),
+            &container.name,
+            digest,
+        ));
+        container.image_pull_policy = Some("Never".to_string());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_containers_run_their_checkpoint_image_and_others_keep_theirs() {
+        let mut request =
+            CheckpointRequest::new("move", ferry_api::CheckpointRequestSpec::for_pod("p"));
+        request.metadata.namespace = Some("ns".into());
+        let source: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"containers": [
+                {"name": "app", "image": "app:1", "imagePullPolicy": "Always"},
+                {"name": "side", "image": "side:1"},
+            ]},
+        }))
+        .unwrap();
+        let mut pod = restored_pod(&request, &source, "p-restored-x".into(), "b");
+        let info = CheckpointInfo {
+            sha256: Some("cd".repeat(32)),
+            archive_containers: vec!["app".into()],
+            ..Default::default()
+        };
+        use_checkpoint_images(&mut pod, &request, &info);
+        let containers = pod.spec.unwrap().containers;
+        assert_eq!(
+            containers[0].image.as_deref(),
+            Some("localhost/ferry-checkpoint/ns/move/app:cdcdcdcdcdcd")
+        );
+        assert_eq!(containers[0].image_pull_policy.as_deref(), Some("Never"));
+        assert_eq!(containers[1].image.as_deref(), Some("side:1"));
+    }
 
     #[test]
     fn a_restored_pod_name_is_unique_per_request_and_fits_a_pod_name() {
@@ -240,10 +312,20 @@ mod tests {
                 "labels": {"app": "x", "pod-template-hash": "abc"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true}],
             },
-            "spec": {"nodeName": "a", "containers": [{"name": "c", "image": "i"}]},
+            "spec": {"nodeName": "a", "nodeSelector": {"kubernetes.io/hostname": "a", "gpu": "mi300"},
+                     "containers": [{"name": "c", "image": "i"}]},
         }))
         .unwrap();
         let pod = restored_pod(&request, &source, "p-restored-x".into(), "b");
+        let selector = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_selector.clone())
+            .unwrap();
+        assert_eq!(
+            selector.into_iter().collect::<Vec<_>>(),
+            [("gpu".to_string(), "mi300".to_string())]
+        );
         assert_eq!(
             pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
             Some("b")
