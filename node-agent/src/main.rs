@@ -243,9 +243,7 @@ async fn main() -> Result<()> {
                 let now_served = stats.bytes_served.load(Ordering::Relaxed);
                 let now_refused = stats.auth_failures.load(Ordering::Relaxed);
                 metrics.served(now_served.saturating_sub(served));
-                for _ in refused..now_refused {
-                    metrics.auth_failure();
-                }
+                metrics.auth_failures(now_refused.saturating_sub(refused));
                 (served, refused) = (now_served, now_refused);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

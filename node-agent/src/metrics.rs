@@ -184,9 +184,9 @@ impl Metrics {
         self.transfer_served_bytes.inc_by(bytes);
     }
 
-    /// A pull refused for its token.
-    pub fn auth_failure(&self) {
-        self.transfer_auth_failures.inc();
+    /// `count` pulls refused for their token.
+    pub fn auth_failures(&self, count: u64) {
+        self.transfer_auth_failures.inc_by(count);
     }
 
     /// A finished NodeTask.
