@@ -30,6 +30,16 @@ fn all_overlap(ev: &[&Event]) -> bool {
     latest_start < earliest_end
 }
 
+/// The stand-in fails (and logs) a GetState while the restore thread is ptrace-stopped, where
+/// NVIDIA's r580 driver never returns: such a call would hang a real dump or restore.
+fn assert_no_state_query_while_stopped(ev: &[Event]) {
+    let bad = ops(ev, "state");
+    assert!(
+        bad.is_empty(),
+        "GetState while CRIU held the restore thread stopped (hangs on a real driver): {bad:?}"
+    );
+}
+
 fn span_seconds(ev: &[&Event]) -> f64 {
     let s = ev.iter().map(|e| e.start).min().unwrap_or(0);
     let e = ev.iter().map(|e| e.end).max().unwrap_or(0);
@@ -125,6 +135,7 @@ fn four_cuda_processes_are_checkpointed_and_restored_at_once_with_their_device_m
     assert_eq!(rs.len(), 4, "{ev:?}");
     assert!(rs.iter().all(|e| e.rc == 0), "{rs:?}");
     assert!(all_overlap(&rs), "restores ran one after another: {rs:?}");
+    assert_no_state_query_while_stopped(&ev);
     let span = span_seconds(&rs);
     assert!(
         span < 0.6,
@@ -179,6 +190,7 @@ fn a_failed_checkpoint_puts_every_process_back_to_running_with_its_memory() {
         ["lock:0", "checkpoint:0", "restore:0", "unlock:0"]
     );
     assert_eq!(of(kids[1]), ["lock:0", "checkpoint:999", "unlock:0"]);
+    assert_no_state_query_while_stopped(&ev);
     for (p, b) in kids.iter().zip(&before) {
         assert_eq!(&s.dev(*p), b, "pid {p}: device memory lost");
     }
@@ -209,6 +221,7 @@ fn a_dump_failing_after_the_checkpoint_restores_and_unlocks_every_process() {
         "roll-back restores ran one after another"
     );
     assert_eq!(ops(&ev, "unlock").len(), 3, "{ev:?}");
+    assert_no_state_query_while_stopped(&ev);
     s.assert_running_and_intact(&kids);
 }
 
@@ -229,6 +242,10 @@ fn a_leave_running_dump_puts_the_processes_back_and_they_go_on() {
         lines.join("\n")
     );
     index_of(&lines, "nvidia rolled back");
+    let ev = s.events();
+    assert_eq!(ops(&ev, "restore").len(), 2, "{ev:?}");
+    assert_eq!(ops(&ev, "unlock").len(), 2, "{ev:?}");
+    assert_no_state_query_while_stopped(&ev);
     s.assert_running_and_intact(&kids);
     // The image is complete all the same.
     assert!(

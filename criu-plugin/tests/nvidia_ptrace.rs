@@ -98,9 +98,11 @@ fn inner() {
         "signal mask not put back"
     );
     assert!(s.dev(pid).iter().all(|b| *b == 0));
-    assert_eq!(driver.state(pid).unwrap(), ProcessState::Checkpointed);
+    // Neither can it say the process's state (NVIDIA's driver blocks; the stand-in fails).
+    assert_eq!(driver.state(pid).unwrap_err().code, 401);
 
     let r = ptrace::resume(tid).unwrap();
+    assert_eq!(driver.state(pid).unwrap(), ProcessState::Checkpointed);
     driver.restore(pid, &[]).unwrap();
     driver.unlock(pid).unwrap();
     ptrace::stop(r).unwrap();

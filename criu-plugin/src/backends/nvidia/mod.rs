@@ -83,6 +83,10 @@ enum Op {
     Checkpoint,
     Restore,
     Unlock,
+    /// Put a process back to its state before the dump (`initial`): read its state, then
+    /// restore and/or unlock. The state is read here, on the worker while the restore thread
+    /// runs, because the driver's GetState waits for that thread (see [`rollback_ops`]).
+    Rollback(ProcessState),
 }
 
 impl Op {
@@ -91,6 +95,7 @@ impl Op {
             Op::Checkpoint => "checkpoint",
             Op::Restore => "restore",
             Op::Unlock => "unlock",
+            Op::Rollback(_) => "rollback",
         }
     }
 }
@@ -227,6 +232,7 @@ impl Active {
                     Op::Checkpoint => st.checkpoint_seconds += secs,
                     Op::Restore => st.restore_seconds += secs,
                     Op::Unlock => st.unlock_seconds += secs,
+                    Op::Rollback(_) => {}
                 }
                 tracing::info!(
                     pid = o.pid,
@@ -242,15 +248,41 @@ impl Active {
     }
 }
 
+/// The steps that put a process found in state `now` back to `initial`: restore what we
+/// checkpointed, unlock what we locked; a process found locked or checkpointed stays so.
+fn rollback_ops(initial: ProcessState, now: ProcessState) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if now == ProcessState::Checkpointed && initial != ProcessState::Checkpointed {
+        ops.push(Op::Restore);
+    }
+    if initial == ProcessState::Running
+        && matches!(now, ProcessState::Locked | ProcessState::Checkpointed)
+    {
+        ops.push(Op::Unlock);
+    }
+    ops
+}
+
 /// Runs on a worker thread: driver calls only (no ptrace, no logging).
 fn run_job(driver: &Driver, job: &Job, pairs: &[GpuPair]) -> JobOutcome {
     let mut seconds = Vec::new();
-    for op in &job.ops {
+    let mut ops = job.ops.clone();
+    let mut i = 0;
+    while i < ops.len() {
+        let op = ops[i];
+        i += 1;
         let t = Instant::now();
         let r = match op {
             Op::Checkpoint => driver.checkpoint(job.pid),
             Op::Restore => driver.restore(job.pid, pairs),
             Op::Unlock => driver.unlock(job.pid),
+            Op::Rollback(initial) => match driver.state(job.pid) {
+                Ok(now) => {
+                    ops.splice(i..i, rollback_ops(initial, now));
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
         };
         if let Err(e) = r {
             return JobOutcome {
@@ -259,7 +291,7 @@ fn run_job(driver: &Driver, job: &Job, pairs: &[GpuPair]) -> JobOutcome {
                 result: Err(e.to_string()),
             };
         }
-        seconds.push((*op, t.elapsed().as_secs_f64()));
+        seconds.push((op, t.elapsed().as_secs_f64()));
     }
     JobOutcome {
         pid: job.pid,
@@ -721,34 +753,21 @@ impl NvidiaBackend {
     }
 
     /// Dump `fini` after a failure or with leave-running: restore what was checkpointed, unlock
-    /// what we locked; processes found locked or checkpointed stay so.
+    /// what we locked; processes found locked or checkpointed stay so. CRIU calls `fini` before
+    /// it releases the tasks, so they are still ptrace-stopped: each process's state is read by
+    /// its worker once the restore thread runs (a GetState from here would never return).
     fn rollback(&self, a: &Active, inner: &mut Inner) {
-        let Ok(driver) = a.driver() else { return };
-        let mut jobs = Vec::new();
-        for t in &inner.tracked {
-            let now = match driver.state(t.pid) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(
-                        pid = t.pid,
-                        "nvidia: cannot read the CUDA state to roll back: {e}"
-                    );
-                    continue;
-                }
-            };
-            let mut ops = Vec::new();
-            if now == ProcessState::Checkpointed && t.initial != ProcessState::Checkpointed {
-                ops.push(Op::Restore);
-            }
-            if t.initial == ProcessState::Running
-                && matches!(now, ProcessState::Locked | ProcessState::Checkpointed)
-            {
-                ops.push(Op::Unlock);
-            }
-            if !ops.is_empty() {
-                jobs.push(Job { pid: t.pid, ops });
-            }
+        if a.driver().is_err() {
+            return;
         }
+        let jobs: Vec<Job> = inner
+            .tracked
+            .iter()
+            .map(|t| Job {
+                pid: t.pid,
+                ops: vec![Op::Rollback(t.initial)],
+            })
+            .collect();
         let n = jobs.len();
         let t = Instant::now();
         let outcomes = a.run_jobs(jobs, &[], true);
