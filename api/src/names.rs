@@ -42,7 +42,8 @@ pub mod reason {
     pub const PVC_NOT_FOUND: &str = "PvcNotFound";
     /// Another unfinished request already targets the same pod.
     pub const REQUEST_ALREADY_ACTIVE: &str = "RequestAlreadyActive";
-    /// No node matches the selector and the checkpoint's GPU needs.
+    /// No node matches the selector, the pod's node constraints and the checkpoint's GPU
+    /// needs (or the given target node does not fit the pod's nodeSelector/node affinity).
     pub const NO_COMPATIBLE_NODE: &str = "NoCompatibleNode";
     /// The checkpoint step failed on the source node.
     pub const CHECKPOINT_FAILED: &str = "CheckpointFailed";

@@ -59,6 +59,7 @@ const SCENARIOS: &[(&str, Scenario)] = scenarios![
     a_migration_to_a_node_that_is_not_ready_fails_with_target_node_not_ready,
     a_migration_to_a_cordoned_node_fails_with_target_node_unschedulable,
     a_migration_to_the_pods_own_node_fails_with_target_is_source,
+    a_migration_to_a_node_outside_the_pods_node_affinity_fails_with_no_compatible_node,
     a_request_with_a_missing_pvc_fails_with_pvc_not_found,
     a_second_request_for_a_busy_pod_fails_with_request_already_active,
     a_migration_no_node_can_take_fails_with_no_compatible_node_naming_each_node,
@@ -489,6 +490,60 @@ async fn a_migration_to_a_cordoned_node_fails_with_target_node_unschedulable(env
     )
     .await;
     fails_with(env, ns, "r", reason::TARGET_NODE_UNSCHEDULABLE).await;
+}
+
+/// The target's kubelet would refuse the restored pod (NodeAffinity admission), so the request
+/// fails before anything is checkpointed; the pod's pin to its own node does not count.
+async fn a_migration_to_a_node_outside_the_pods_node_affinity_fails_with_no_compatible_node(
+    env: &Env,
+    ns: &str,
+) {
+    let extra = env.cluster.add_kwok_nodes(1).unwrap();
+    env.cluster.wait_nodes_ready(&extra, WAIT).unwrap();
+    agent_lease(env, &extra[0], true).await;
+    let mut pod = pod_json("p", Some(&env.nodes[0]));
+    pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": [env.nodes[0]]},
+            {"key": "pool", "operator": "In", "values": ["train"]},
+        ]}],
+    }}});
+    let api: Api<Pod> = Api::namespaced(env.admin.clone(), ns);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod).unwrap(),
+    )
+    .await
+    .unwrap();
+    poll("pod p Running", || async {
+        let p = api.get("p").await.ok()?;
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
+    request(
+        env,
+        ns,
+        "r",
+        json!({"podName": "p", "migrate": {"targetNode": extra[0]}}),
+    )
+    .await;
+    let m = fails_with(env, ns, "r", reason::NO_COMPATIBLE_NODE).await;
+    assert_eq!(
+        m,
+        format!(
+            "target node {} does not fit the pod: required node affinity not met (pool In [train])",
+            extra[0]
+        )
+    );
+    let tasks: Api<NodeTask> = Api::namespaced(env.admin.clone(), ns);
+    assert!(
+        tasks
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 async fn a_migration_to_the_pods_own_node_fails_with_target_is_source(env: &Env, ns: &str) {

@@ -1,6 +1,7 @@
 //! The CheckpointRequest controller: wiring ([`run`]), the shared [`Context`], the
 //! reconcile entry point (finalizer dispatch) and the error policy.
 
+pub mod node_affinity;
 pub mod node_select;
 pub mod request;
 pub mod tasks;

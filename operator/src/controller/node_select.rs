@@ -3,7 +3,8 @@
 //! without a cluster.
 //!
 //! A node is a candidate when it is Ready, schedulable (not cordoned), not the source node,
-//! matches the request's `nodeSelector` and the pod's own `spec.nodeSelector`, carries no
+//! matches the request's `nodeSelector` and the pod's own `spec.nodeSelector` and required node
+//! affinity (pins to the source node dropped, [`super::node_affinity`]), carries no
 //! `NoSchedule`/`NoExecute` taint the pod does not tolerate, runs a ready ferry agent, and, for
 //! a pod that requests GPUs, has at least as many free GPUs of the same vendor resource
 //! (`amd.com/gpu`, `nvidia.com/gpu`) and, where both nodes carry a GPU product label, the same
@@ -12,7 +13,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeSelector, Pod, Taint, Toleration};
+
+use super::node_affinity;
 
 /// The extended resources of the GPU vendors ferry supports.
 pub const GPU_RESOURCES: [&str; 2] = ["amd.com/gpu", "nvidia.com/gpu"];
@@ -34,6 +37,8 @@ pub struct Needs {
     pub source_node: String,
     /// Labels the node must carry: the request's `nodeSelector` and the pod's own.
     pub node_selector: BTreeMap<String, String>,
+    /// The pod's required node affinity, without pins to the source node.
+    pub node_affinity: Option<NodeSelector>,
     /// The pod's tolerations.
     pub tolerations: Vec<Toleration>,
     /// The GPU resource and count the pod requests, if any.
@@ -50,7 +55,13 @@ impl Needs {
         let mut node_selector = spec
             .and_then(|s| s.node_selector.clone())
             .unwrap_or_default();
+        node_affinity::strip_selector_pins(&mut node_selector);
         node_selector.extend(selector.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut affinity = spec.and_then(|s| s.affinity.clone());
+        node_affinity::strip_affinity_pins(&mut affinity);
+        let node_affinity = affinity
+            .and_then(|a| a.node_affinity)
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution);
         let gpu = gpu_request(pod);
         let product = gpu.as_ref().and_then(|(resource, _)| {
             let key = product_label(resource)?;
@@ -60,6 +71,7 @@ impl Needs {
         Needs {
             source_node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
             node_selector,
+            node_affinity,
             tolerations: spec.and_then(|s| s.tolerations.clone()).unwrap_or_default(),
             gpu,
             product,
@@ -126,6 +138,8 @@ pub enum Rejection {
     AgentNotReady,
     /// A selector label is missing or different.
     Selector { key: String, want: String },
+    /// The pod's required node affinity does not hold (what failed).
+    Affinity(String),
     /// A taint the pod does not tolerate.
     Taint(String),
     /// Not enough free GPUs of the vendor resource.
@@ -151,6 +165,7 @@ impl fmt::Display for Rejection {
             Rejection::IsSource => f.write_str("the pod's own node"),
             Rejection::AgentNotReady => f.write_str("no ready ferry agent"),
             Rejection::Selector { key, want } => write!(f, "label {key}={want} missing"),
+            Rejection::Affinity(why) => f.write_str(why),
             Rejection::Taint(t) => write!(f, "taint {t} not tolerated"),
             Rejection::Gpus {
                 resource,
@@ -241,15 +256,8 @@ fn check(needs: &Needs, c: &Candidate<'_>, name: &str) -> Result<i64, Rejection>
     if is_cordoned(node) {
         return Err(Rejection::Cordoned);
     }
+    fits_constraints(needs, node)?;
     let labels = node.metadata.labels.clone().unwrap_or_default();
-    for (key, want) in &needs.node_selector {
-        if labels.get(key) != Some(want) {
-            return Err(Rejection::Selector {
-                key: key.clone(),
-                want: want.clone(),
-            });
-        }
-    }
     for taint in node
         .spec
         .as_ref()
@@ -299,6 +307,24 @@ fn check(needs: &Needs, c: &Candidate<'_>, name: &str) -> Result<i64, Rejection>
         });
     }
     Ok(free)
+}
+
+/// Whether `node` satisfies the pod's nodeSelector and required node affinity, which the
+/// target's kubelet checks again when it admits the restored pod.
+pub fn fits_constraints(needs: &Needs, node: &Node) -> Result<(), Rejection> {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    for (key, want) in &needs.node_selector {
+        if labels.get(key) != Some(want) {
+            return Err(Rejection::Selector {
+                key: key.clone(),
+                want: want.clone(),
+            });
+        }
+    }
+    if let Some(required) = &needs.node_affinity {
+        node_affinity::matches(required, node).map_err(Rejection::Affinity)?;
+    }
+    Ok(())
 }
 
 /// Whether the node's Ready condition is True.
@@ -577,6 +603,55 @@ mod tests {
             Some(("amd.com/gpu.product-name".into(), "MI300X".into()))
         );
         assert_eq!(needs.source_node, "src");
+    }
+
+    #[test]
+    fn a_pod_pinned_to_its_node_migrates_where_its_other_constraints_hold() {
+        // A pod pinned to "src" by hostname, in nodeSelector and in required affinity, that
+        // also needs an H100 node in zone z1 or z2.
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "nodeName": "src",
+                "nodeSelector": {"kubernetes.io/hostname": "src", "pool": "train"},
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["src"]},
+                        {"key": "gpu", "operator": "In", "values": ["h100"]},
+                        {"key": "zone", "operator": "NotIn", "values": ["z3"]},
+                    ]}],
+                }}},
+                "containers": [{"name": "a"}],
+            }
+        }))
+        .unwrap();
+        let needs = Needs::of_pod(&pod, None, &BTreeMap::new());
+        assert!(!needs.node_selector.contains_key("kubernetes.io/hostname"));
+        let labelled = |name: &str, gpu: &str, zone: &str| {
+            let n = with_label(node(name), "kubernetes.io/hostname", name);
+            let n = with_label(n, "pool", "train");
+            with_label(with_label(n, "gpu", gpu), "zone", zone)
+        };
+        let nodes = vec![
+            labelled("a-mi300", "mi300", "z1"),
+            labelled("b-z3", "h100", "z3"),
+            labelled("c-ok", "h100", "z1"),
+        ];
+        let pick = select_target(&needs, &ready(&nodes)).unwrap();
+        assert_eq!(pick.node, "c-ok");
+        let err = select_target(&needs, &ready(&nodes[..2])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a-mi300: required node affinity not met (gpu In [h100]); \
+             b-z3: required node affinity not met (zone NotIn [z3])"
+        );
+        let unlabelled = node("d");
+        assert_eq!(
+            fits_constraints(&needs, &unlabelled),
+            Err(Rejection::Selector {
+                key: "pool".into(),
+                want: "train".into()
+            })
+        );
     }
 
     #[test]

@@ -306,7 +306,7 @@ async fn start(
     let target = match &spec.migrate {
         None => None,
         Some(m) => match &m.target_node {
-            Some(t) => match check_target(ctx, t, &source) {
+            Some(t) => match check_target(ctx, t, &source, &pod) {
                 Some(failure) => return Ok(failure),
                 None => Some(t.clone()),
             },
@@ -890,7 +890,7 @@ async fn active_request_for_pod(req: &CheckpointRequest, ctx: &Context) -> Optio
 }
 
 /// The given target node is usable, or the failure that says why not.
-fn check_target(ctx: &Context, target: &str, source: &str) -> Option<Step> {
+fn check_target(ctx: &Context, target: &str, source: &str, pod: &Pod) -> Option<Step> {
     let Some(node) = ctx.nodes.get(&ObjectRef::new(target)) else {
         return Some(Step::Fail(
             reason::TARGET_NODE_NOT_FOUND,
@@ -913,6 +913,15 @@ fn check_target(ctx: &Context, target: &str, source: &str) -> Option<Step> {
         return Some(Step::Fail(
             reason::TARGET_NODE_UNSCHEDULABLE,
             format!("target node {target} is cordoned (spec.unschedulable)"),
+        ));
+    }
+    // The target's kubelet would refuse the restored pod (NodeAffinity admission) after the
+    // checkpoint; say so now.
+    let needs = Needs::of_pod(pod, None, &BTreeMap::new());
+    if let Err(why) = node_select::fits_constraints(&needs, &node) {
+        return Some(Step::Fail(
+            reason::NO_COMPATIBLE_NODE,
+            format!("target node {target} does not fit the pod: {why}"),
         ));
     }
     if !agent_ready(ctx, target) {

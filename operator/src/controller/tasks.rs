@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
+use super::node_affinity;
 pub use ferry_api::names::agent::{TOKEN_KEY, token_secret_name};
 use jiff::Timestamp;
 
@@ -28,7 +29,6 @@ pub const CONTROLLER_LABELS: [&str; 6] = [
 ];
 
 /// The node label a pod is pinned to one node by (`nodeSelector`).
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Name of the request's Checkpoint task.
 pub fn checkpoint_task_name(request: &str) -> String {
@@ -205,14 +205,16 @@ pub fn restored_pod(request: &CheckpointRequest, source: &Pod, name: String, tar
     );
     let mut spec = source.spec.clone().unwrap_or_default();
     spec.node_name = Some(target.to_string());
-    // A pod pinned to its node by hostname would be rejected by the target's kubelet
-    // (`NodeAffinity`): the pin names the source, and the migration's target replaces it.
+    // A pod pinned to its node (hostname label, `metadata.name` field) would be rejected by
+    // the target's kubelet (`NodeAffinity`): the pin names the source, and the migration's
+    // target replaces it.
     if let Some(selector) = spec.node_selector.as_mut() {
-        selector.remove(HOSTNAME_LABEL);
+        node_affinity::strip_selector_pins(selector);
         if selector.is_empty() {
             spec.node_selector = None;
         }
     }
+    node_affinity::strip_affinity_pins(&mut spec.affinity);
     // The API server rejects scheduling gates on a pod that already names its node.
     spec.scheduling_gates = None;
     Pod {
@@ -313,10 +315,14 @@ mod tests {
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true}],
             },
             "spec": {"nodeName": "a", "nodeSelector": {"kubernetes.io/hostname": "a", "gpu": "mi300"},
+                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                         "nodeSelectorTerms": [{"matchFields": [
+                             {"key": "metadata.name", "operator": "In", "values": ["a"]}]}]}}},
                      "containers": [{"name": "c", "image": "i"}]},
         }))
         .unwrap();
         let pod = restored_pod(&request, &source, "p-restored-x".into(), "b");
+        assert_eq!(pod.spec.as_ref().and_then(|s| s.affinity.clone()), None);
         let selector = pod
             .spec
             .as_ref()
