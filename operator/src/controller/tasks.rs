@@ -28,7 +28,6 @@ pub const CONTROLLER_LABELS: [&str; 6] = [
     "apps.kubernetes.io/pod-index",
 ];
 
-
 /// Name of the request's Checkpoint task.
 pub fn checkpoint_task_name(request: &str) -> String {
     format!("{request}-checkpoint")
