@@ -177,6 +177,7 @@ fn a_real_pod_migrates_between_two_real_nodes_through_the_operator() {
                 .arg("--state-dir")
                 .arg(work.join(format!("state-{letter}")))
                 .args(["--runtime", "containerd", "--heartbeat-seconds", "2"])
+                .args(["--gc-every-seconds", "1"])
                 .args([
                     "--kubelet-url",
                     &format!("https://{}:{}", node.ip(), node.kubelet_port()),
@@ -401,6 +402,90 @@ spec:
     eprintln!(
         "migrated {source} → {target}: count {before} before the request, {:?} after",
         seen.last()
+    );
+
+    // The imported checkpoint image stays while the restored pod needs it (the kubelet
+    // recreates the container from it), and goes, with the CRI's sha256 alias, once neither
+    // the pod nor the request's stored image is left.
+    let target_socket = {
+        let nodes = cluster.real_nodes();
+        let node = nodes.iter().find(|n| n.name() == target).unwrap();
+        node.containerd_socket().to_path_buf()
+    };
+    let images = || {
+        let o = Command::new(&ctr)
+            .arg("--address")
+            .arg(&target_socket)
+            .args(["-n", "k8s.io", "images", "ls"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                Some((cols.first()?.to_string(), cols.get(2)?.to_string()))
+            })
+            .collect::<Vec<(String, String)>>()
+    };
+    let digest = images()
+        .into_iter()
+        .find(|(r, _)| *r == expected_image)
+        .map(|(_, d)| d)
+        .unwrap_or_else(|| panic!("{expected_image} not in the target's containerd"));
+    let aliases = images()
+        .iter()
+        .filter(|(r, d)| *d == digest && r.starts_with("sha256:"))
+        .count();
+    cluster
+        .kubectl(&["delete", "checkpointrequest", REQUEST, "--timeout=60s"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        images().iter().any(|(r, _)| *r == expected_image),
+        "the checkpoint image went while the restored pod still runs\n{}",
+        logs()
+    );
+    cluster
+        .kubectl(&[
+            "delete",
+            "pod",
+            &restored,
+            "--grace-period=1",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    cluster
+        .poll(
+            "the checkpoint image to be removed",
+            Duration::from_secs(150),
+            Duration::from_secs(1),
+            || {
+                let left: Vec<_> = images().into_iter().filter(|(_, d)| *d == digest).collect();
+                if left.is_empty() {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{left:?}"))
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    assert!(
+        images()
+            .iter()
+            .any(|(r, _)| r == "localhost/ferry/counter:latest"),
+        "the pod's own image was removed"
+    );
+    let agent_b =
+        fs::read_to_string(&agent_logs[names.iter().position(|n| *n == target).unwrap()]).unwrap();
+    assert!(
+        agent_b.contains("checkpoint images no pod or stored image needs removed from containerd"),
+        "{}",
+        logs()
+    );
+    eprintln!(
+        "checkpoint image {expected_image} and {aliases} alias(es) removed after the pod went"
     );
     drop(agents);
 }

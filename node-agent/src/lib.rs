@@ -8,6 +8,7 @@ pub mod criu;
 mod exec;
 pub mod grants;
 pub mod http;
+pub mod image_gc;
 pub mod intake;
 pub mod kubelet;
 pub mod lease;

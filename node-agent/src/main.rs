@@ -289,6 +289,13 @@ async fn main() -> Result<()> {
         stop_rx.clone(),
     ));
 
+    let ctr = Ctr {
+        binary: args.ctr.clone(),
+        socket: args.containerd_socket.clone(),
+        snapshotter: args.containerd_snapshotter.clone(),
+    };
+    // Checkpoint images imported into containerd are collected with the store's images.
+    let image_ctr = matches!(args.runtime, Runtime::Containerd).then(|| ctr.clone());
     let gc_task = {
         let store = store.clone();
         let policy = GcPolicy {
@@ -306,18 +313,37 @@ async fn main() -> Result<()> {
                 }
                 let store = store.clone();
                 let policy = policy.clone();
+                let image_ctr = image_ctr.clone();
                 // Partials of running pulls are younger than the TTL; quota GC only deletes
                 // published images, oldest first.
-                match tokio::task::spawn_blocking(move || {
-                    store.gc(&policy, jiff::Timestamp::now(), &Default::default())
+                let done = tokio::task::spawn_blocking(move || {
+                    let report = store.gc(&policy, jiff::Timestamp::now(), &Default::default());
+                    let removed = image_ctr.map(|ctr| {
+                        ferry_agent::image_gc::collect(&ctr, &store, Duration::from_secs(60))
+                    });
+                    (report, removed)
                 })
-                .await
-                {
-                    Ok(Ok(report)) if !report.deleted.is_empty() => {
-                        info!(deleted = ?report.deleted, freed = report.freed_bytes, "image GC")
+                .await;
+                match done {
+                    Ok((report, removed)) => {
+                        match report {
+                            Ok(r) if !r.deleted.is_empty() => {
+                                info!(deleted = ?r.deleted, freed = r.freed_bytes, "image GC")
+                            }
+                            Ok(_) => {}
+                            Err(e) => warn!(error = %e, "image GC failed"),
+                        }
+                        match removed {
+                            Some(Ok(refs)) if !refs.is_empty() => info!(
+                                removed = ?refs,
+                                "checkpoint images no pod or stored image needs removed from containerd"
+                            ),
+                            Some(Err(e)) => {
+                                warn!(error = %e, "containerd checkpoint image GC failed")
+                            }
+                            _ => {}
+                        }
                     }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => warn!(error = %e, "image GC failed"),
                     Err(e) => warn!(error = %e, "image GC worker failed"),
                 }
             }
@@ -335,11 +361,7 @@ async fn main() -> Result<()> {
         },
         Runtime::Containerd => RuntimeMode::Containerd {
             kubelet: kubelet_api(&args)?,
-            ctr: Ctr {
-                binary: args.ctr.clone(),
-                socket: args.containerd_socket.clone(),
-                snapshotter: args.containerd_snapshotter.clone(),
-            },
+            ctr,
         },
         Runtime::Process => {
             warn!(
