@@ -9,6 +9,7 @@ mod exec;
 pub mod grants;
 pub mod http;
 pub mod image_gc;
+pub mod in_use;
 pub mod intake;
 pub mod kubelet;
 pub mod lease;

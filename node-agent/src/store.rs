@@ -18,6 +18,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::in_use;
+
 /// The manifest's file name inside an image directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Suffix of an image directory that is still being written (or received).
@@ -460,6 +462,18 @@ impl Store {
         })
     }
 
+    /// Marks the image at `location` in use (GC spares it) until the [`in_use::Hold`] drops.
+    pub fn hold(&self, location: &str) -> Result<in_use::Hold> {
+        Ok(in_use::hold(self.image_dir(location)?))
+    }
+
+    /// Records that the image at `location` was just used (served): GC spares it for
+    /// [`in_use::RECENT`].
+    pub fn touch(&self, location: &str) -> Result<()> {
+        in_use::touch(&self.image_dir(location)?);
+        Ok(())
+    }
+
     /// Deletes the image at `location` and any partial of it. Returns whether there was one.
     pub fn delete(&self, location: &str) -> Result<bool> {
         let dir = self.image_dir(location)?;
@@ -537,8 +551,9 @@ impl Store {
     }
 
     /// Garbage collection: deletes images (and partials) older than the TTL, then the oldest
-    /// images until the store fits its quota. Images in `in_use` (being restored or served)
-    /// are never deleted.
+    /// images until the store fits its quota. Images in `in_use`, held ([`Store::hold`]: being
+    /// written or restored) or used within [`in_use::RECENT`] ([`Store::touch`]: served) are
+    /// never deleted.
     pub fn gc(
         &self,
         policy: &GcPolicy,
@@ -546,6 +561,13 @@ impl Store {
         in_use: &HashSet<String>,
     ) -> Result<GcReport> {
         let mut entries = self.list()?;
+        let mut in_use = in_use.clone();
+        for e in &entries {
+            if in_use::in_use(&self.image_dir(&e.location)?, in_use::RECENT) {
+                in_use.insert(e.location.clone());
+            }
+        }
+        let in_use = &in_use;
         let mut report = GcReport::default();
         entries.sort_by_key(|e| e.created_at);
         let mut kept = Vec::new();
@@ -1041,5 +1063,29 @@ mod tests {
         let report = store.gc(&policy, later, &HashSet::new()).unwrap();
         assert_eq!(report.deleted.len(), 3, "{report:?}");
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn gc_spares_images_held_by_a_task_or_served_a_moment_ago() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        for name in ["held/1", "served/2", "idle/3"] {
+            publish(&store, name, &[("f", b"0123456789")]);
+        }
+        // Another Store value on the same root (the worker opens one per task) holds it.
+        let hold = Store::open(tmp.path()).unwrap().hold("held/1").unwrap();
+        store.touch("served/2").unwrap();
+        let policy = GcPolicy {
+            ttl: Some(SignedDuration::from_hours(1)),
+            quota_bytes: Some(0),
+        };
+        let later = Timestamp::now() + SignedDuration::from_hours(2);
+        let report = store.gc(&policy, later, &HashSet::new()).unwrap();
+        assert_eq!(report.deleted, vec!["idle/3".to_string()]);
+        drop(hold);
+        // Released a moment ago still counts as recently used; the served one too.
+        let report = store.gc(&policy, later, &HashSet::new()).unwrap();
+        assert!(report.deleted.is_empty(), "{report:?}");
+        assert!(store.exists("held/1").unwrap() && store.exists("served/2").unwrap());
     }
 }

@@ -225,6 +225,9 @@ impl Worker {
     async fn checkpoint(&self, task: Arc<NodeTask>, attempt: Attempt) -> TaskOutcome {
         let store = self.store(&task.spec.image.storage)?;
         let location = task.spec.image.location.clone();
+        let _in_use = store
+            .hold(&location)
+            .map_err(|e| TaskFailure(format!("image {location}: {e}")))?;
         let pod_ref = &task.spec.pod;
         // Idempotent: an image this request already published is not redone.
         match store.open_image(&location) {
@@ -314,6 +317,9 @@ impl Worker {
     async fn restore(&self, task: Arc<NodeTask>, attempt: Attempt) -> TaskOutcome {
         let store = self.store(&task.spec.image.storage)?;
         let location = task.spec.image.location.clone();
+        let _in_use = store
+            .hold(&location)
+            .map_err(|e| TaskFailure(format!("image {location}: {e}")))?;
         let marker = self
             .config
             .work_dir

@@ -329,6 +329,8 @@ async fn route(req: &Request<Incoming>, shared: &Shared) -> Response<ResponseBod
             "the token's image location is not a valid store location",
         );
     }
+    // A pull is many requests; the image must outlive the gaps between them (GC spares it).
+    let _ = shared.store.touch(&grant.location);
     let image = match shared.store.open_image(&grant.location) {
         Ok(image) => image,
         Err(StoreError::NotFound(_)) => {
