@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 use ferry_agent::criu::Criu;
-use ferry_agent::grants::SecretGrants;
+use ferry_agent::grants::{CachedGrants, SecretGrants};
 use ferry_agent::http::{HttpState, router};
 use ferry_agent::intake::{self, IntakeConfig};
 use ferry_agent::kubelet::KubeletApi;
@@ -207,7 +207,10 @@ async fn main() -> Result<()> {
     let transfer = TransferServer::spawn(
         listener,
         store.clone(),
-        Arc::new(SecretGrants::new(client.clone())),
+        Arc::new(CachedGrants::new(
+            SecretGrants::new(client.clone()),
+            Duration::from_secs(5),
+        )),
         ServerTransport::Tls(identity.server_config()?),
     )?;
     let advertise = match (&args.advertise_url, &args.node_ip) {

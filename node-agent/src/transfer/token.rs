@@ -108,6 +108,13 @@ impl StaticGrants {
             grants.insert((namespace.to_string(), request.to_string()), grant);
         }
     }
+
+    /// Removes the grant of `namespace`/`request`.
+    pub fn remove(&self, namespace: &str, request: &str) {
+        if let Ok(mut grants) = self.grants.write() {
+            grants.remove(&(namespace.to_string(), request.to_string()));
+        }
+    }
 }
 
 impl GrantSource for StaticGrants {
