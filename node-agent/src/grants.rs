@@ -4,7 +4,7 @@
 //! reads the token from it to pull.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -134,6 +134,7 @@ mod tests {
     use super::*;
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Counts lookups; answers from a StaticGrants.
