@@ -257,12 +257,25 @@ fn pod_json(name: &str, node: Option<&str>) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "trainer"}}, "spec": spec})
 }
 
+/// One more kwok node, Ready, with an agent Lease (`agent_ready` or expired).
+async fn extra_node(env: &Env, agent_ready: bool) -> String {
+    let extra = env.cluster.add_kwok_nodes(1).unwrap();
+    env.cluster.wait_nodes_ready(&extra, WAIT).unwrap();
+    agent_lease(env, &extra[0], agent_ready).await;
+    extra[0].clone()
+}
+
 /// A pod on `node`, Running (kwok runs it).
 async fn running_pod(env: &Env, ns: &str, name: &str, node: &str) -> Pod {
+    running_pod_from(env, ns, name, pod_json(name, Some(node))).await
+}
+
+/// The pod `json` (named `name`), Running.
+async fn running_pod_from(env: &Env, ns: &str, name: &str, json: serde_json::Value) -> Pod {
     let api: Api<Pod> = Api::namespaced(env.admin.clone(), ns);
     api.create(
         &PostParams::default(),
-        &serde_json::from_value(pod_json(name, Some(node))).unwrap(),
+        &serde_json::from_value(json).unwrap(),
     )
     .await
     .unwrap();
@@ -435,13 +448,11 @@ async fn a_request_for_a_pod_on_a_node_without_an_agent_fails_with_agent_not_rea
     env: &Env,
     ns: &str,
 ) {
-    let extra = env.cluster.add_kwok_nodes(1).unwrap();
-    env.cluster.wait_nodes_ready(&extra, WAIT).unwrap();
-    agent_lease(env, &extra[0], false).await;
-    running_pod(env, ns, "p", &extra[0]).await;
+    let node = extra_node(env, false).await;
+    running_pod(env, ns, "p", &node).await;
     request(env, ns, "r", json!({"podName": "p"})).await;
     let m = fails_with(env, ns, "r", reason::AGENT_NOT_READY).await;
-    assert!(m.contains(&extra[0]), "{m}");
+    assert!(m.contains(&node), "{m}");
 }
 
 async fn a_migration_to_a_missing_node_fails_with_target_node_not_found(env: &Env, ns: &str) {
@@ -477,16 +488,14 @@ async fn a_migration_to_a_node_that_is_not_ready_fails_with_target_node_not_read
 }
 
 async fn a_migration_to_a_cordoned_node_fails_with_target_node_unschedulable(env: &Env, ns: &str) {
-    let extra = env.cluster.add_kwok_nodes(1).unwrap();
-    env.cluster.wait_nodes_ready(&extra, WAIT).unwrap();
-    agent_lease(env, &extra[0], true).await;
-    env.cluster.kubectl(&["cordon", &extra[0]]).unwrap();
+    let node = extra_node(env, true).await;
+    env.cluster.kubectl(&["cordon", &node]).unwrap();
     running_pod(env, ns, "p", &env.nodes[0]).await;
     request(
         env,
         ns,
         "r",
-        json!({"podName": "p", "migrate": {"targetNode": extra[0]}}),
+        json!({"podName": "p", "migrate": {"targetNode": node}}),
     )
     .await;
     fails_with(env, ns, "r", reason::TARGET_NODE_UNSCHEDULABLE).await;
@@ -498,9 +507,7 @@ async fn a_migration_to_a_node_outside_the_pods_node_affinity_fails_with_no_comp
     env: &Env,
     ns: &str,
 ) {
-    let extra = env.cluster.add_kwok_nodes(1).unwrap();
-    env.cluster.wait_nodes_ready(&extra, WAIT).unwrap();
-    agent_lease(env, &extra[0], true).await;
+    let node = extra_node(env, true).await;
     let mut pod = pod_json("p", Some(&env.nodes[0]));
     pod["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
         "nodeSelectorTerms": [{"matchExpressions": [
@@ -508,23 +515,12 @@ async fn a_migration_to_a_node_outside_the_pods_node_affinity_fails_with_no_comp
             {"key": "pool", "operator": "In", "values": ["train"]},
         ]}],
     }}});
-    let api: Api<Pod> = Api::namespaced(env.admin.clone(), ns);
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(pod).unwrap(),
-    )
-    .await
-    .unwrap();
-    poll("pod p Running", || async {
-        let p = api.get("p").await.ok()?;
-        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
-    })
-    .await;
+    running_pod_from(env, ns, "p", pod).await;
     request(
         env,
         ns,
         "r",
-        json!({"podName": "p", "migrate": {"targetNode": extra[0]}}),
+        json!({"podName": "p", "migrate": {"targetNode": node}}),
     )
     .await;
     let m = fails_with(env, ns, "r", reason::NO_COMPATIBLE_NODE).await;
@@ -532,7 +528,7 @@ async fn a_migration_to_a_node_outside_the_pods_node_affinity_fails_with_no_comp
         m,
         format!(
             "target node {} does not fit the pod: required node affinity not met (pool In [train])",
-            extra[0]
+            node
         )
     );
     let tasks: Api<NodeTask> = Api::namespaced(env.admin.clone(), ns);
