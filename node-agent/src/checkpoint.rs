@@ -10,13 +10,13 @@
 //! thread.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_api::stats::PluginStats;
 use jiff::Timestamp;
 
 use crate::criu::{DEFAULT_TIMEOUT, Result};
-use crate::store::{ImageMeta, ImageSource, Staging};
+use crate::store::{ImageKind, ImageMeta, ImageSource, Staging};
 
 /// One container (or process tree) to checkpoint. `name` is the container's name in the pod:
 /// it names the image's subdirectory (`<image>/<name>/`) or archive (`<image>/<name>.tar`).
@@ -147,6 +147,35 @@ pub struct CheckpointOutcome {
     /// Whether the workload still runs. The kubelet API always leaves it running, even when
     /// the job asked to stop it: the caller then stops (deletes) the pod itself.
     pub still_running: bool,
+}
+
+impl CheckpointOutcome {
+    /// The outcome of a checkpoint that took `containers` since `start`: the image metadata
+    /// (`kind`, the job's source, `criu_version`) with the containers' plugin stats merged in.
+    pub fn assemble(
+        job: &CheckpointJob,
+        kind: ImageKind,
+        criu_version: Option<String>,
+        containers: Vec<ContainerCheckpoint>,
+        frozen_at: Option<Timestamp>,
+        start: Instant,
+        still_running: bool,
+    ) -> Self {
+        let plugin_stats =
+            crate::criu::merge_stats(containers.iter().filter_map(|c| c.plugin_stats.clone()));
+        let mut meta = ImageMeta::new(kind, job.source_with_containers());
+        meta.criu_version = criu_version;
+        meta.gpu_vendor = plugin_stats.as_ref().map(|s| s.vendor);
+        meta.plugin_stats = plugin_stats.clone();
+        CheckpointOutcome {
+            meta,
+            frozen_at: frozen_at.unwrap_or_else(Timestamp::now),
+            duration: start.elapsed(),
+            plugin_stats,
+            containers,
+            still_running,
+        }
+    }
 }
 
 /// A way to checkpoint containers.

@@ -35,7 +35,7 @@ use crate::checkpoint::{
     CheckpointJob, CheckpointOutcome, Checkpointer, ContainerCheckpoint, ContainerTarget,
 };
 use crate::criu::{Result, RuntimeError, io_err};
-use crate::store::{ImageKind, ImageMeta, Staging};
+use crate::store::{ImageKind, Staging};
 
 /// Where the kubelet writes checkpoint archives on the node.
 pub const KUBELET_CHECKPOINTS_DIR: &str = "/var/lib/kubelet/checkpoints";
@@ -431,19 +431,15 @@ impl Checkpointer for KubeletApi {
                 tool_wall,
             });
         }
-        let plugin_stats =
-            crate::criu::merge_stats(containers.iter().filter_map(|c| c.plugin_stats.clone()));
-        let mut meta = ImageMeta::new(ImageKind::CheckpointArchive, job.source_with_containers());
-        meta.gpu_vendor = plugin_stats.as_ref().map(|s| s.vendor);
-        meta.plugin_stats = plugin_stats.clone();
-        Ok(CheckpointOutcome {
-            meta,
-            frozen_at: frozen_at.unwrap_or_else(jiff::Timestamp::now),
-            duration: start.elapsed(),
-            plugin_stats,
+        Ok(CheckpointOutcome::assemble(
+            job,
+            ImageKind::CheckpointArchive,
+            None,
             containers,
-            still_running: true,
-        })
+            frozen_at,
+            start,
+            true,
+        ))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::checkpoint::{
 };
 use crate::criu::{Criu, DumpArgs, RestoreArgs, Result, RuntimeError};
 use crate::restore::{RestoreJob, RestoreOutcome, RestoreTarget, Restored, Restorer};
-use crate::store::{Image, ImageKind, ImageMeta, Staging};
+use crate::store::{Image, ImageKind, Staging};
 
 /// CRIU on process trees.
 #[derive(Debug)]
@@ -84,20 +84,15 @@ impl Checkpointer for ProcessTree {
                 tool_wall: run.wall,
             });
         }
-        let plugin_stats =
-            crate::criu::merge_stats(containers.iter().filter_map(|c| c.plugin_stats.clone()));
-        let mut meta = ImageMeta::new(ImageKind::Criu, job.source_with_containers());
-        meta.criu_version = self.criu_version();
-        meta.gpu_vendor = plugin_stats.as_ref().map(|s| s.vendor);
-        meta.plugin_stats = plugin_stats.clone();
-        Ok(CheckpointOutcome {
-            meta,
-            frozen_at: frozen_at.unwrap_or_else(jiff::Timestamp::now),
-            duration: start.elapsed(),
-            plugin_stats,
+        Ok(CheckpointOutcome::assemble(
+            job,
+            ImageKind::Criu,
+            self.criu_version(),
             containers,
-            still_running: job.leave_running,
-        })
+            frozen_at,
+            start,
+            job.leave_running,
+        ))
     }
 }
 

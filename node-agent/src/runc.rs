@@ -33,7 +33,7 @@ use crate::checkpoint::{
 };
 use crate::criu::{Criu, Result, RuntimeError, io_err};
 use crate::restore::{RestoreJob, RestoreOutcome, RestoreTarget, Restored, Restorer};
-use crate::store::{Image, ImageKind, ImageMeta, Staging};
+use crate::store::{Image, ImageKind, Staging};
 
 /// Default runc binary.
 pub const DEFAULT_RUNC: &str = "/usr/sbin/runc";
@@ -244,20 +244,15 @@ impl Checkpointer for Runc {
                 tool_wall: wall,
             });
         }
-        let plugin_stats =
-            crate::criu::merge_stats(containers.iter().filter_map(|c| c.plugin_stats.clone()));
-        let mut meta = ImageMeta::new(ImageKind::Criu, job.source_with_containers());
-        meta.criu_version = crate::process_tree::criu_version_cached(&self.criu, &self.version);
-        meta.gpu_vendor = plugin_stats.as_ref().map(|s| s.vendor);
-        meta.plugin_stats = plugin_stats.clone();
-        Ok(CheckpointOutcome {
-            meta,
-            frozen_at: frozen_at.unwrap_or_else(jiff::Timestamp::now),
-            duration: start.elapsed(),
-            plugin_stats,
+        Ok(CheckpointOutcome::assemble(
+            job,
+            ImageKind::Criu,
+            crate::process_tree::criu_version_cached(&self.criu, &self.version),
             containers,
-            still_running: job.leave_running,
-        })
+            frozen_at,
+            start,
+            job.leave_running,
+        ))
     }
 }
 
