@@ -9,6 +9,7 @@
 
 pub mod binaries;
 pub mod cluster;
+pub mod counter;
 pub mod error;
 pub mod migration;
 pub mod node;

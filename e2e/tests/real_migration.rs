@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_e2e::counter::{self, counts};
 use ferry_e2e::node::unsupported_reason;
-use ferry_e2e::{COUNTER_IMAGE, Cluster, NodeBinaries, Options, User, workspace_root};
+use ferry_e2e::{Cluster, NodeBinaries, Options, User, workspace_root};
 
 const NAMESPACE: &str = "default";
 const SYSTEM_NAMESPACE: &str = "ferry-system";
@@ -73,15 +74,6 @@ fn target_dir() -> PathBuf {
     // tests run from target/<profile>/deps/
     let exe = std::env::current_exe().unwrap();
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
-fn count_of(line: &str) -> Option<u64> {
-    let (_, n) = line.split_once("ferry-counter ")?;
-    n.trim().parse().ok()
-}
-
-fn counts(log: &str) -> Vec<u64> {
-    log.lines().filter_map(count_of).collect()
 }
 
 #[test]
@@ -228,36 +220,7 @@ fn a_real_pod_migrates_between_two_real_nodes_through_the_operator() {
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
 
-    let pod = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": "counter", "namespace": NAMESPACE, "labels": { "app": "ferry-counter" } },
-        "spec": {
-            "nodeSelector": { "kubernetes.io/hostname": source },
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-            "terminationGracePeriodSeconds": 2,
-            "containers": [{
-                "name": "counter",
-                "image": COUNTER_IMAGE,
-                "imagePullPolicy": "Never",
-                "args": ["200"],
-            }],
-        },
-    })
-    .to_string();
-    // Admission rejects pods until the default ServiceAccount exists.
-    cluster
-        .poll(
-            "creating the counter pod",
-            Duration::from_secs(60),
-            Duration::from_millis(500),
-            || match cluster.kubectl_stdin(&["create", "-f", "-"], Some(&pod)) {
-                Ok(_) => Ok(Some(())),
-                Err(e) => Err(e.to_string()),
-            },
-        )
-        .unwrap();
+    counter::create(&cluster, &counter::pod("counter", NAMESPACE, &source, 200)).unwrap();
     cluster
         .kubectl(&[
             "wait",

@@ -20,39 +20,10 @@ use ferry_e2e::node::{
     CGROUP_PARENT, HOST_DIRS, KUBELET_SYSCTLS, SAVED_SYSCTLS_FILE, checkpoint_image,
     unsupported_reason,
 };
-use ferry_e2e::{COUNTER_IMAGE, Cluster, Options, cluster::process_exists};
-
-fn counter_pod(name: &str, node: &str) -> String {
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": name, "namespace": "default", "labels": { "app": "ferry-counter" } },
-        "spec": {
-            // Through the scheduler, not spec.nodeName: the scheduler must see the node fit.
-            "nodeSelector": { "kubernetes.io/hostname": node },
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-            "terminationGracePeriodSeconds": 2,
-            "containers": [{
-                "name": "counter",
-                "image": COUNTER_IMAGE,
-                "imagePullPolicy": "Never",
-                "args": ["200"],
-            }],
-        },
-    })
-    .to_string()
-}
-
-/// The count in a line `ferry-counter <n>` (kubectl's log) or `<time> stdout F ferry-counter <n>`
-/// (a CRI log file).
-fn count_of(line: &str) -> Option<u64> {
-    let (_, n) = line.split_once("ferry-counter ")?;
-    n.trim().parse().ok()
-}
+use ferry_e2e::{Cluster, Options, cluster::process_exists, counter};
 
 fn last_count(log: &str) -> Option<u64> {
-    log.lines().filter_map(count_of).next_back()
+    counter::counts(log).last().copied()
 }
 
 fn comm(pid: u32) -> String {
@@ -93,21 +64,9 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
     let names = cluster.real_node_names();
     assert_eq!(names, ["ferry-node-a", "ferry-node-b"]);
 
-    // The admission plugin rejects pods until the service-account controller has made the
-    // namespace's default ServiceAccount, a moment after the controllers start.
     for (i, node) in names.iter().enumerate() {
-        let pod = counter_pod(&format!("counter-{i}"), node);
-        cluster
-            .poll(
-                "creating a counter pod",
-                Duration::from_secs(60),
-                Duration::from_millis(500),
-                || match cluster.kubectl_stdin(&["create", "-f", "-"], Some(&pod)) {
-                    Ok(_) => Ok(Some(())),
-                    Err(e) => Err(e.to_string()),
-                },
-            )
-            .unwrap();
+        let pod = counter::pod(&format!("counter-{i}"), "default", node, 200);
+        counter::create(&cluster, &pod).unwrap();
     }
     cluster
         .kubectl(&[
@@ -229,7 +188,7 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
     checkpoint_image(&archive, reference, "counter", &image).unwrap();
     cluster.real_nodes()[1].import_image(&image).unwrap();
     let mut restored_pod: serde_json::Value =
-        serde_json::from_str(&counter_pod("counter-restored", &names[1])).unwrap();
+        serde_json::from_str(&counter::pod("counter-restored", "default", &names[1], 200)).unwrap();
     restored_pod["spec"]["containers"][0]["image"] = reference.into();
     restored_pod["metadata"]["labels"]["app"] = "ferry-counter-restored".into();
     cluster
@@ -261,7 +220,7 @@ fn two_real_nodes_run_pods_and_checkpoint_them() {
         .unwrap();
     // Restored, not restarted: the count carries on from the checkpoint (a fresh start would
     // count from 0 again after the log lines the checkpoint carried over).
-    let counts: Vec<u64> = restored.lines().filter_map(count_of).collect();
+    let counts = counter::counts(&restored);
     assert!(
         counts.windows(2).all(|w| w[0] <= w[1]),
         "the restored counter went backwards (restarted?):\n{restored}"
