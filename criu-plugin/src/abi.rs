@@ -420,3 +420,31 @@ pub fn set_compel_interrupt_only_mode() -> bool {
     unsafe { f() };
     true
 }
+
+/// Makes this plugin's shared object stay mapped for the life of the process, even after
+/// CRIU's `dlclose` at `fini`. Needed once a worker thread is abandoned inside a driver call
+/// (see the NVIDIA backend's call timeout): if that call ever returns, it returns into this
+/// object's code, which must still be there. Returns whether the object is now pinned.
+pub fn pin_in_memory() -> bool {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    let here = pin_in_memory as *const c_void;
+    // SAFETY: `here` is an address inside this object; dladdr only fills `info`.
+    if unsafe { libc::dladdr(here, info.as_mut_ptr()) } == 0 {
+        return false;
+    }
+    // SAFETY: dladdr succeeded, so `info` is initialised; `dli_fname` is a NUL-terminated
+    // path owned by the loader (valid while the object is loaded, which it is).
+    let fname = unsafe { info.assume_init() }.dli_fname;
+    if fname.is_null() {
+        return false;
+    }
+    // SAFETY: RTLD_NOLOAD only looks up the already-loaded object (no constructors run) and
+    // RTLD_NODELETE marks it never to be unloaded; the extra reference is never released.
+    let handle = unsafe {
+        libc::dlopen(
+            fname,
+            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+        )
+    };
+    !handle.is_null()
+}

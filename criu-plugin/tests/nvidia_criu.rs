@@ -330,3 +330,95 @@ fn without_a_usable_driver_the_backend_stays_off_with_one_log_line() {
     assert!(s.events().is_empty(), "the stand-in was called");
     s.assert_running_and_intact(&kids);
 }
+
+/// A driver call that never returns (stand-in: one that takes 6 s, past a 500 ms call
+/// timeout) fails the restore in about the timeout instead of hanging CRIU; the image is
+/// intact and a second restore works.
+#[test]
+fn a_driver_restore_that_does_not_return_fails_the_restore_instead_of_hanging_criu() {
+    require_criu!();
+    let _g = serial();
+    let mut s = Scenario::new();
+    let (root, kids) = s.spawn(2, &[]);
+    let before: Vec<Vec<u8>> = kids.iter().map(|p| s.dev(*p)).collect();
+    let (ok, log) = s.dump(root, &[], &[]);
+    assert!(ok, "dump failed:\n{}", tail(&log));
+    s.wait_gone();
+
+    let t = std::time::Instant::now();
+    let (ok, log) = s.restore(
+        "lib",
+        "restore-hung.log",
+        &[
+            ("FERRY_FAKE_CUDA_DELAY_MS", "6000"),
+            ("FERRY_CUDA_CALL_TIMEOUT_MS", "500"),
+        ],
+    );
+    let took = t.elapsed();
+    assert!(!ok, "the restore succeeded without the GPU memory");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "CRIU waited {took:?} for the driver"
+    );
+    let lines = ferry_lines(&log);
+    for p in &kids {
+        let i = index_of(
+            &lines,
+            &format!(
+                "the CUDA driver did not finish restore + unlock of process {p} within 500 ms"
+            ),
+        );
+        // Pinned: a late return from the driver cannot land in unmapped plugin code.
+        assert!(!lines[i].contains("could not pin"), "{}", lines[i]);
+    }
+    s.wait_gone();
+
+    let (ok, log) = s.restore("lib", "restore.log", &[]);
+    assert!(ok, "the second restore failed:\n{}", tail(&log));
+    for (p, b) in kids.iter().zip(&before) {
+        assert_eq!(&s.dev(*p), b, "pid {p}: device memory lost");
+    }
+    s.assert_running_and_intact(&kids);
+}
+
+/// The same on the dump side: the dump fails in about the timeout, and the process the
+/// driver never returned from is not touched again (a rollback call could block as well).
+#[test]
+fn a_driver_checkpoint_that_does_not_return_fails_the_dump_instead_of_hanging_criu() {
+    require_criu!();
+    let _g = serial();
+    let mut s = Scenario::new();
+    let (root, kids) = s.spawn(1, &[]);
+    let t = std::time::Instant::now();
+    let (ok, log) = s.dump(
+        root,
+        &[],
+        &[
+            ("FERRY_FAKE_CUDA_DELAY_MS", "6000"),
+            ("FERRY_CUDA_CALL_TIMEOUT_MS", "500"),
+        ],
+    );
+    let took = t.elapsed();
+    assert!(!ok, "the dump succeeded without the GPU memory");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "CRIU waited {took:?} for the driver"
+    );
+    let lines = ferry_lines(&log);
+    index_of(
+        &lines,
+        &format!(
+            "the CUDA driver did not finish checkpoint of process {} within 500 ms",
+            kids[0]
+        ),
+    );
+    index_of(
+        &lines,
+        "not rolling back a process the driver never returned from",
+    );
+    let ev = s.events();
+    assert!(
+        ops(&ev, "restore").is_empty() && ops(&ev, "unlock").is_empty(),
+        "rolled back a process still in the driver: {ev:?}"
+    );
+}

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `FERRY_CUDA_LIB` | `libcuda.so.1` | the CUDA driver library (tests point it at a stand-in) |
 //! | `FERRY_CUDA_LOCK_TIMEOUT_MS` | `10000` | how long `cuCheckpointProcessLock` may wait for running work |
+//! | `FERRY_CUDA_CALL_TIMEOUT_MS` | `600000` | how long a batch of checkpoint/restore/unlock calls may take before the hook gives up on the processes still in the driver and fails (CRIU fails instead of hanging) |
 //! | `FERRY_LEAVE_RUNNING` | unset | `1`: the dump is a leave-running one (`criu dump -R`), so every CUDA process is put back as it was after the dump; `0`: it is not. Unset: read CRIU's command line (see [`leave_running_from_cmdline`]) |
 //!
 //! Why an environment variable for leave-running: CRIU does not tell plugins its options, and
@@ -29,6 +30,7 @@ pub enum LeaveRunningSource {
 pub struct NvidiaConfig {
     pub lib: PathBuf,
     pub lock_timeout_ms: u32,
+    pub call_timeout_ms: u64,
     pub leave_running: bool,
     pub leave_running_source: LeaveRunningSource,
 }
@@ -59,6 +61,17 @@ impl NvidiaConfig {
                 ))
             })?,
         };
+        let call_timeout_ms = match get("FERRY_CUDA_CALL_TIMEOUT_MS") {
+            None => 600_000,
+            Some(v) => match v.trim().parse() {
+                Ok(ms) if ms > 0 => ms,
+                _ => {
+                    return Err(PluginError::invalid(format!(
+                        "FERRY_CUDA_CALL_TIMEOUT_MS={v} is not a positive number of milliseconds"
+                    )));
+                }
+            },
+        };
         let (leave_running, leave_running_source) = match get("FERRY_LEAVE_RUNNING") {
             Some(v) if !v.trim().is_empty() => (
                 parse_bool("FERRY_LEAVE_RUNNING", &v)?,
@@ -72,6 +85,7 @@ impl NvidiaConfig {
         Ok(NvidiaConfig {
             lib,
             lock_timeout_ms,
+            call_timeout_ms,
             leave_running,
             leave_running_source,
         })
@@ -151,6 +165,9 @@ mod tests {
         let c = cfg(&[], "criu dump").unwrap();
         assert_eq!(c.lib, PathBuf::from("libcuda.so.1"));
         assert_eq!(c.lock_timeout_ms, 10_000);
+        assert_eq!(c.call_timeout_ms, 600_000);
+        let e = cfg(&[("FERRY_CUDA_CALL_TIMEOUT_MS", "0")], "criu").unwrap_err();
+        assert!(e.to_string().contains("positive"), "{e}");
         let e = cfg(&[("FERRY_CUDA_LOCK_TIMEOUT_MS", "soon")], "criu").unwrap_err();
         assert!(
             e.to_string().contains("FERRY_CUDA_LOCK_TIMEOUT_MS=soon"),

@@ -20,6 +20,12 @@
 //! ([`ptrace`]); the worker threads only call the driver. Workers never log either: CRIU's
 //! logger writes through one static buffer and is not thread-safe, so results are logged by the
 //! hook thread after the join.
+//!
+//! A driver call that never returns must not hang CRIU (on an H200 two misuses did, silently):
+//! the hook waits for a batch at most `FERRY_CUDA_CALL_TIMEOUT_MS`, then fails the processes
+//! still in the driver and abandons their workers. Those processes are left alone afterwards
+//! (no rollback call that could block the hook thread too), and the plugin's object is pinned
+//! in memory so that a late return does not land in code CRIU has `dlclose`d.
 
 pub mod config;
 pub mod driver;
@@ -27,9 +33,9 @@ pub mod images;
 pub mod ptrace;
 pub mod topology;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 use ferry_api::stats::{GpuVendor, ProcessStats};
 
@@ -50,7 +56,7 @@ pub struct NvidiaBackend {
 struct Active {
     /// `None` only on a restore whose image has CUDA processes but whose node cannot load the
     /// driver: then every restored CUDA task fails with `unusable`.
-    driver: Option<Driver>,
+    driver: Option<Arc<Driver>>,
     unusable: String,
     cfg: NvidiaConfig,
     inner: Mutex<Inner>,
@@ -75,6 +81,9 @@ struct Inner {
     results: HashMap<i32, std::result::Result<(), String>>,
     stats: BTreeMap<i32, ProcessStats>,
     gpu_phase_seconds: f64,
+    /// Processes whose worker was abandoned inside the driver (call timeout): never called
+    /// again.
+    abandoned: HashSet<i32>,
 }
 
 /// A driver step of a batch.
@@ -101,6 +110,7 @@ impl Op {
 }
 
 /// Work for one process: driver steps in order, run on its own worker thread.
+#[derive(Clone)]
 struct Job {
     pid: i32,
     ops: Vec<Op>,
@@ -111,6 +121,8 @@ struct JobOutcome {
     pid: i32,
     seconds: Vec<(Op, f64)>,
     result: std::result::Result<(), String>,
+    /// The worker is still in the driver; the hook gave up on it.
+    abandoned: bool,
 }
 
 fn lock_inner(a: &Active) -> Result<std::sync::MutexGuard<'_, Inner>> {
@@ -128,7 +140,7 @@ impl NvidiaBackend {
 impl Active {
     fn driver(&self) -> Result<&Driver> {
         self.driver
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| PluginError::Device(self.unusable.clone()))
     }
 
@@ -143,6 +155,7 @@ impl Active {
                 .map(|j| JobOutcome {
                     pid: j.pid,
                     seconds: vec![],
+                    abandoned: false,
                     result: Err(self.unusable.clone()),
                 })
                 .collect();
@@ -157,6 +170,7 @@ impl Active {
                     outcomes.push(JobOutcome {
                         pid: job.pid,
                         seconds: vec![],
+                        abandoned: false,
                         result: Err(e.to_string()),
                     });
                     continue;
@@ -171,37 +185,12 @@ impl Active {
                 Err(e) => outcomes.push(JobOutcome {
                     pid: job.pid,
                     seconds: vec![],
+                    abandoned: false,
                     result: Err(format!("cannot let the CUDA restore thread run: {e}")),
                 }),
             }
         }
-        let worked: Vec<JobOutcome> = std::thread::scope(|s| {
-            let handles: Vec<_> = ready
-                .iter()
-                .map(|job| {
-                    let pid = job.pid;
-                    let h = std::thread::Builder::new()
-                        .name(format!("ferry-cuda-{pid}"))
-                        .spawn_scoped(s, move || run_job(driver, job, pairs));
-                    (pid, h)
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(pid, h)| match h {
-                    Ok(h) => h.join().unwrap_or_else(|_| JobOutcome {
-                        pid,
-                        seconds: vec![],
-                        result: Err("driver worker panicked".into()),
-                    }),
-                    Err(e) => JobOutcome {
-                        pid,
-                        seconds: vec![],
-                        result: Err(format!("cannot start a driver worker thread: {e}")),
-                    },
-                })
-                .collect()
-        });
+        let worked = self.run_workers(driver, ready, pairs);
         outcomes.extend(worked);
         for (pid, r) in resumed {
             let tid = r.tid;
@@ -215,6 +204,80 @@ impl Active {
                     && o.result.is_ok()
                 {
                     o.result = Err(format!("cannot stop the CUDA restore thread again: {e}"));
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// One worker thread per job, calling the driver; waits for all of them at most the call
+    /// timeout. A worker still in the driver then is abandoned (see the module docs).
+    fn run_workers(
+        &self,
+        driver: &Arc<Driver>,
+        jobs: Vec<Job>,
+        pairs: &[GpuPair],
+    ) -> Vec<JobOutcome> {
+        let timeout = Duration::from_millis(self.cfg.call_timeout_ms);
+        let (tx, rx) = mpsc::channel::<JobOutcome>();
+        let mut outcomes = Vec::new();
+        let mut waiting: Vec<Job> = Vec::new();
+        for job in jobs {
+            let (driver, pairs, tx, work) =
+                (driver.clone(), pairs.to_vec(), tx.clone(), job.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("ferry-cuda-{}", job.pid))
+                .spawn(move || {
+                    // The receiver is gone only when the hook gave up on this worker.
+                    let _ = tx.send(run_job(&driver, &work, &pairs));
+                });
+            match spawned {
+                Ok(_) => waiting.push(job),
+                Err(e) => outcomes.push(JobOutcome {
+                    pid: job.pid,
+                    seconds: vec![],
+                    abandoned: false,
+                    result: Err(format!("cannot start a driver worker thread: {e}")),
+                }),
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + timeout;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(o) => {
+                    waiting.retain(|j| j.pid != o.pid);
+                    outcomes.push(o);
+                }
+                // A worker that panicked dropped its sender without sending.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    for job in waiting.drain(..) {
+                        outcomes.push(JobOutcome {
+                            pid: job.pid,
+                            seconds: vec![],
+                            abandoned: false,
+                            result: Err("driver worker panicked".into()),
+                        });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let pinned = crate::abi::pin_in_memory();
+                    for job in waiting.drain(..) {
+                        let ops: Vec<&str> = job.ops.iter().map(|o| o.name()).collect();
+                        outcomes.push(JobOutcome {
+                            pid: job.pid,
+                            seconds: vec![],
+                            result: Err(format!(
+                                "the CUDA driver did not finish {} of process {} within {} ms (FERRY_CUDA_CALL_TIMEOUT_MS); the process is left as it is{}",
+                                ops.join(" + "),
+                                job.pid,
+                                self.cfg.call_timeout_ms,
+                                if pinned { "" } else { " (and the plugin could not pin itself in memory)" }
+                            )),
+                            abandoned: true,
+                        });
+                    }
                 }
             }
         }
@@ -243,6 +306,9 @@ impl Active {
             }
             if let Err(e) = &o.result {
                 tracing::error!(pid = o.pid, "nvidia step failed: {e}");
+            }
+            if o.abandoned {
+                inner.abandoned.insert(o.pid);
             }
         }
     }
@@ -288,6 +354,7 @@ fn run_job(driver: &Driver, job: &Job, pairs: &[GpuPair]) -> JobOutcome {
             return JobOutcome {
                 pid: job.pid,
                 seconds,
+                abandoned: false,
                 result: Err(e.to_string()),
             };
         }
@@ -296,6 +363,7 @@ fn run_job(driver: &Driver, job: &Job, pairs: &[GpuPair]) -> JobOutcome {
     JobOutcome {
         pid: job.pid,
         seconds,
+        abandoned: false,
         result: Ok(()),
     }
 }
@@ -432,7 +500,7 @@ impl Backend for NvidiaBackend {
             "nvidia backend ready"
         );
         let _ = self.active.set(Active {
-            driver: Some(driver),
+            driver: Some(Arc::new(driver)),
             unusable: String::new(),
             cfg,
             inner: Mutex::new(inner),
@@ -760,9 +828,16 @@ impl NvidiaBackend {
         if a.driver().is_err() {
             return;
         }
+        for pid in &inner.abandoned {
+            tracing::error!(
+                pid,
+                "nvidia: not rolling back a process the driver never returned from"
+            );
+        }
         let jobs: Vec<Job> = inner
             .tracked
             .iter()
+            .filter(|t| !inner.abandoned.contains(&t.pid))
             .map(|t| Job {
                 pid: t.pid,
                 ops: vec![Op::Rollback(t.initial)],
