@@ -314,6 +314,11 @@ pub struct TaskResult {
     /// named by `names::checkpoint_image::reference`), not through CRIU run by the agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub archive_containers: Vec<String>,
+    /// The GPUs whose memory the image holds (checkpoint) or the restore refilled (restore),
+    /// from the plugin's stats. The NVIDIA backend reports none: the driver does not say which
+    /// GPUs a process uses (the node's GPU UUIDs are in the image's `ferry-nvidia.json`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<crate::GpuInfo>,
 }
 
 /// Step durations of a task, in milliseconds.

@@ -183,6 +183,19 @@ impl PluginStats {
         }
     }
 
+    /// Device bytes per device, in the order the devices first appear (a device's buffers
+    /// may be spread over several processes).
+    pub fn bytes_per_device(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for d in &self.devices {
+            match out.iter_mut().find(|(id, _)| *id == d.device) {
+                Some((_, bytes)) => *bytes += d.bytes,
+                None => out.push((d.device.clone(), d.bytes)),
+            }
+        }
+        out
+    }
+
     /// Total device bytes moved.
     pub fn total_bytes(&self) -> u64 {
         self.devices.iter().map(|d| d.bytes).sum::<u64>()
@@ -215,6 +228,25 @@ impl PluginStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_bytes_add_up_per_device_in_first_seen_order() {
+        let mut s = PluginStats::new(Operation::Dump, GpuVendor::Amd);
+        for (device, pid, bytes) in [("0x1a2b", 10, 100), ("0x3c4d", 10, 5), ("0x1a2b", 11, 20)] {
+            s.devices.push(DeviceStats {
+                device: device.into(),
+                pid,
+                buffers: 1,
+                bytes,
+                copy_seconds: 0.0,
+            });
+        }
+        assert_eq!(
+            s.bytes_per_device(),
+            [("0x1a2b".to_string(), 120), ("0x3c4d".to_string(), 5)]
+        );
+        assert_eq!(s.total_bytes(), 125);
+    }
 
     #[test]
     fn stats_round_trip_through_json() {

@@ -395,6 +395,11 @@ fn full_task() -> NodeTask {
                 bytes_per_second: Some(1 << 30),
             }),
             archive_containers: Vec::new(),
+            gpus: vec![ferry_api::GpuInfo {
+                id: "0x1a2b".into(),
+                model: None,
+                memory_bytes: Some(8 << 30),
+            }],
         }),
     });
     task

@@ -71,6 +71,13 @@ fn a_sim_gpu_workload_migrates_between_two_real_agents_through_the_operator() {
         "{}",
         report.status
     );
+    // The GPU the image holds, with its memory: the one sim device of 64 MiB.
+    assert_eq!(
+        report.status["checkpoint"]["gpus"],
+        serde_json::json!([{"id": "sim0", "memoryBytes": 64 << 20}]),
+        "{}",
+        report.status
+    );
     // The checkpoint ran once (a stale cache must not re-run a finished task).
     assert!(
         report

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use ferry_api::stats::PluginStats;
 use ferry_api::{
-    GpuVendor, NodeTask, StorageSpec, TaskOperation, TaskResult, TaskTimings, TransferStats,
+    GpuInfo, GpuVendor, NodeTask, StorageSpec, TaskOperation, TaskResult, TaskTimings,
+    TransferStats,
 };
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -436,6 +437,7 @@ impl Worker {
             }),
             transfer: transfer_stats,
             archive_containers: Vec::new(),
+            gpus: gpus_of(stats),
         })
     }
 
@@ -670,5 +672,22 @@ fn checkpoint_result(
         } else {
             Vec::new()
         },
+        gpus: gpus_of(stats),
     }
+}
+
+/// The GPUs in the plugin's stats, with the device memory each one held.
+fn gpus_of(stats: Option<&PluginStats>) -> Vec<GpuInfo> {
+    stats
+        .map(|s| {
+            s.bytes_per_device()
+                .into_iter()
+                .map(|(id, bytes)| GpuInfo {
+                    id,
+                    model: None,
+                    memory_bytes: (bytes > 0).then_some(bytes as i64),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

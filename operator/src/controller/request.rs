@@ -409,7 +409,7 @@ async fn checkpointing(
                 host_memory_bytes: result.host_memory_bytes,
                 gpu_memory_bytes: result.gpu_memory_bytes,
                 gpu_vendor: result.gpu_vendor,
-                gpus: Vec::new(),
+                gpus: result.gpus.clone(),
                 sha256: result.sha256.clone(),
                 archive_containers: result.archive_containers.clone(),
             });
