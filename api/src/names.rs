@@ -106,6 +106,9 @@ pub mod annotation {
     pub const TOKEN_EXPIRES_AT: &str = "ferry.dev/expires-at";
     /// On a transfer token Secret: the image location the token may pull.
     pub const IMAGE_LOCATION: &str = "ferry.dev/image-location";
+    /// On a transfer token Secret: the hostPath of the store holding the image (absent: the
+    /// source agent's main store).
+    pub const IMAGE_STORE: &str = "ferry.dev/image-store";
 }
 
 /// The contract between the operator and the node agents (operator/README.md, "Agent

@@ -58,6 +58,7 @@ pub fn grant_of(secret: &Secret) -> Result<Grant, GrantLookupError> {
         token,
         expires_at,
         location,
+        store: notes.get(annotation::IMAGE_STORE).cloned(),
     })
 }
 
@@ -170,6 +171,7 @@ mod tests {
                 token: Token::new("t0k3n"),
                 expires_at: Timestamp::now() + jiff::SignedDuration::from_hours(1),
                 location: "ns/r".into(),
+                store: None,
             },
         );
         for _ in 0..20 {

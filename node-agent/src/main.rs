@@ -17,7 +17,7 @@ use ferry_agent::kubelet::KubeletApi;
 use ferry_agent::lease::{self, LeaseConfig};
 use ferry_agent::metrics::Metrics;
 use ferry_agent::restore::Ctr;
-use ferry_agent::store::{GcPolicy, Store};
+use ferry_agent::store::{GcPolicy, Store, Stores};
 use ferry_agent::transfer::{NodeIdentity, ServerTransport, TransferServer};
 use ferry_agent::worker::{RuntimeMode, Worker, WorkerConfig};
 use ferry_api::names::agent;
@@ -191,6 +191,7 @@ async fn main() -> Result<()> {
     init_tracing(args.log_format);
     let store = Store::open(&args.store)
         .with_context(|| format!("opening the image store {}", args.store.display()))?;
+    let stores = Stores::new(store.clone(), args.allowed_host_paths.clone());
     let identity = NodeIdentity::load_or_create(&args.state_dir)
         .context("loading or creating the transfer TLS identity")?;
     let client = kube::Client::try_default()
@@ -206,7 +207,7 @@ async fn main() -> Result<()> {
         .with_context(|| format!("binding the transfer server to {}", args.transfer_addr))?;
     let transfer = TransferServer::spawn(
         listener,
-        store.clone(),
+        stores.clone(),
         Arc::new(CachedGrants::new(
             SecretGrants::new(client.clone()),
             Duration::from_secs(5),
@@ -383,8 +384,7 @@ async fn main() -> Result<()> {
         client.clone(),
         WorkerConfig {
             node: args.node_name.clone(),
-            store_root: store.root().to_path_buf(),
-            allowed_host_paths: args.allowed_host_paths.clone(),
+            stores: stores.clone(),
             work_dir: args.state_dir.join("work"),
             criu,
             runtime,

@@ -45,6 +45,14 @@ pub enum StoreError {
     /// Images are never overwritten.
     #[error("image {0:?} already exists in the store; images are never overwritten")]
     AlreadyExists(String),
+    /// A hostPath that is not one of the agent's stores.
+    #[error("hostPath {path} is not an image store of this agent (allowed: {allowed})")]
+    NotAStore {
+        /// The path as given.
+        path: String,
+        /// The agent's stores.
+        allowed: String,
+    },
     /// No published image at that location.
     #[error("no image {0:?} in the store")]
     NotFound(String),
@@ -364,6 +372,65 @@ fn list_files(dir: &Path) -> Result<Vec<String>> {
     walk(dir, dir, &mut out)?;
     out.sort();
     Ok(out)
+}
+
+/// The stores an agent uses: its main store (`--store`, which requests reach as the default
+/// hostPath) and the other host paths it may use (`--allow-host-path`). The worker writes into
+/// them and the transfer server reads from them through the same [`Stores::for_host_path`],
+/// so an image is served from wherever it was written, and from nowhere else.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    main: Store,
+    allowed: Vec<PathBuf>,
+}
+
+impl From<Store> for Stores {
+    fn from(main: Store) -> Self {
+        Stores {
+            main,
+            allowed: Vec::new(),
+        }
+    }
+}
+
+impl Stores {
+    /// `main` and the host paths in `allowed`.
+    pub fn new(main: Store, allowed: Vec<PathBuf>) -> Self {
+        Stores { main, allowed }
+    }
+
+    /// The main store.
+    pub fn main(&self) -> &Store {
+        &self.main
+    }
+
+    /// The store a request's `hostPath` names (`None`: the main store). The default hostPath
+    /// and the main store's own root are the main store; another path must be allowed.
+    pub fn for_host_path(&self, host_path: Option<&str>) -> Result<Store> {
+        let Some(path) = host_path else {
+            return Ok(self.main.clone());
+        };
+        let wanted = Path::new(path);
+        if wanted == Path::new(ferry_api::storage::DEFAULT_HOST_PATH) || wanted == self.main.root {
+            return Ok(self.main.clone());
+        }
+        if self.allowed.iter().any(|p| p == wanted) {
+            return Store::open(wanted);
+        }
+        Err(StoreError::NotAStore {
+            path: path.to_string(),
+            allowed: self.list(),
+        })
+    }
+
+    /// The stores' roots, for messages.
+    pub fn list(&self) -> String {
+        std::iter::once(&self.main.root)
+            .chain(&self.allowed)
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The store: a root directory holding images by relative location.

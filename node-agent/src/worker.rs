@@ -17,7 +17,7 @@
 //!   with `--runtime process` reads that annotation: it lets whoever can annotate pods choose
 //!   a host process to dump.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ use crate::restore::{
     ContainerdCheckpointImage, Ctr, RestoreJob, RestoreTarget, Restorer, pack_layout,
 };
 use crate::runc::Runc;
-use crate::store::{Image, ImageKind, ImageSource, Store};
+use crate::store::{Image, ImageKind, ImageSource, Store, Stores};
 use crate::transfer::{self, PullSpec};
 
 /// Annotation on a pod, read only by an agent in `process` mode: the root pid of the process
@@ -76,10 +76,8 @@ pub enum RuntimeMode {
 pub struct WorkerConfig {
     /// This node.
     pub node: String,
-    /// The image store for the default `hostPath` and every allowed one.
-    pub store_root: PathBuf,
-    /// Host paths a request may name as its store besides `store_root`.
-    pub allowed_host_paths: Vec<PathBuf>,
+    /// The main store (the default `hostPath`) and the other host paths a request may name.
+    pub stores: Stores,
     /// Private directory for restores (outside every store).
     pub work_dir: PathBuf,
     /// CRIU with ferry's plugin dir.
@@ -115,32 +113,15 @@ impl Worker {
                 "PVC image storage is not supported by this agent yet: use hostPath storage".into(),
             ));
         };
-        let wanted = Path::new(&host.path);
-        let default = wanted == Path::new(ferry_api::storage::DEFAULT_HOST_PATH);
-        let allowed = default
-            || wanted == self.config.store_root
-            || self.config.allowed_host_paths.iter().any(|p| p == wanted);
-        if !allowed {
-            return Err(TaskFailure(format!(
-                "hostPath {} is not an image store of this agent (allowed: {}); refusing to write outside them",
-                host.path,
-                self.allowed_list()
-            )));
-        }
-        let root = if default {
-            self.config.store_root.clone()
-        } else {
-            wanted.to_path_buf()
-        };
-        Store::open(&root).map_err(|e| TaskFailure(format!("image store: {e}")))
-    }
-
-    fn allowed_list(&self) -> String {
-        std::iter::once(&self.config.store_root)
-            .chain(&self.config.allowed_host_paths)
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.config
+            .stores
+            .for_host_path(Some(&host.path))
+            .map_err(|e| match e {
+                crate::store::StoreError::NotAStore { .. } => {
+                    TaskFailure(format!("{e}; refusing to write outside them"))
+                }
+                e => TaskFailure(format!("image store: {e}")),
+            })
     }
 
     async fn pod(&self, task: &NodeTask) -> Result<Pod, TaskFailure> {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_agent::store::{Image, ImageKind, ImageMeta, ImageSource, Store, StoreError};
+use ferry_agent::store::{Image, ImageKind, ImageMeta, ImageSource, Store, StoreError, Stores};
 use ferry_agent::transfer::{
     Grant, NodeIdentity, PullReport, PullSpec, ServerTransport, StaticGrants, Token, TransferError,
     TransferServer, pinned_client_config, pull,
@@ -103,7 +103,7 @@ struct Source {
 }
 
 impl Source {
-    async fn start(store: Store) -> Source {
+    async fn start(store: impl Into<Stores>) -> Source {
         let identity = NodeIdentity::generate().unwrap();
         let grants = StaticGrants::new();
         let token = Token::generate().unwrap();
@@ -114,6 +114,7 @@ impl Source {
                 token: token.clone(),
                 expires_at: Timestamp::now() + SignedDuration::from_mins(10),
                 location: SOURCE_LOCATION.into(),
+                store: None,
             },
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -336,6 +337,54 @@ async fn wrong_token_is_refused_and_nothing_is_published() {
     assert_intact(&source_store);
 }
 
+/// An image checkpointed into an allowed store other than the main one is served from there
+/// when the grant names that store, and only then; a store the agent does not use is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_is_served_from_the_store_its_grant_names_and_only_an_agent_store() {
+    let tmp = scratch(64 * MIB);
+    let main = Store::open(tmp.path().join("main")).unwrap();
+    let extra = Store::open(tmp.path().join("extra")).unwrap();
+    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    publish(&extra, SOURCE_LOCATION, &[("f", MIB)]);
+    let source = Source::start(Stores::new(main, vec![extra.root().to_path_buf()])).await;
+    let grant = |store: Option<String>| Grant {
+        token: source.token.clone(),
+        expires_at: Timestamp::now() + SignedDuration::from_mins(10),
+        location: SOURCE_LOCATION.into(),
+        store,
+    };
+    // The main store does not hold it.
+    let err = pull(&source.spec(), &target_store, |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no published image"), "{err}");
+    // A path that is not one of the agent's stores.
+    source
+        .grants
+        .insert(NS, REQUEST, grant(Some("/etc".into())));
+    let err = pull(&source.spec(), &target_store, |_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("hostPath /etc is not an image store of this agent"),
+        "{err}"
+    );
+    assert!(!target_store.exists(TARGET_LOCATION).unwrap());
+    // The store it was written to.
+    source
+        .grants
+        .insert(NS, REQUEST, grant(Some(extra.root().display().to_string())));
+    let report = pull_ok(&source.spec(), &target_store).await;
+    assert_eq!(report.bytes_transferred, MIB, "{report:?}");
+    target_store
+        .open_image(TARGET_LOCATION)
+        .unwrap()
+        .verify()
+        .unwrap();
+    extra.open_image(SOURCE_LOCATION).unwrap().verify().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_is_refused() {
     let tmp = scratch(64 * MIB);
@@ -350,6 +399,7 @@ async fn expired_token_is_refused() {
             token: source.token.clone(),
             expires_at: Timestamp::now() - SignedDuration::from_secs(1),
             location: SOURCE_LOCATION.into(),
+            store: None,
         },
     );
     let err = pull(&source.spec(), &target_store, |_, _| {})

@@ -208,6 +208,7 @@ async fn main() -> Result<()> {
             token: token.clone(),
             expires_at: Timestamp::now() + SignedDuration::from_hours(1),
             location: "bench/image".into(),
+            store: None,
         },
     );
     let identity = NodeIdentity::generate()?;

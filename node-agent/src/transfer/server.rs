@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::http_paths::{self, DIGEST_HEADER, ERROR_HEADER, Route, RouteError, codes};
 use super::token::{self, Denial, GrantSource};
-use crate::store::{Store, StoreError, validate_relative};
+use crate::store::{StoreError, Stores, validate_relative};
 
 /// Bytes per read from disk (and per body frame).
 pub const CHUNK: usize = 1 << 20;
@@ -64,7 +64,7 @@ pub struct TransferStats {
 }
 
 struct Shared {
-    store: Store,
+    stores: Stores,
     grants: Arc<dyn GrantSource>,
     stats: Arc<TransferStats>,
 }
@@ -78,11 +78,12 @@ pub struct TransferServer {
 }
 
 impl TransferServer {
-    /// Serves `store`'s images on `listener`, authorizing with `grants`. Must be called
+    /// Serves the images of `stores` (a grant names its store; none: the main one) on
+    /// `listener`, authorizing with `grants`. Must be called
     /// inside a tokio runtime (it spawns the accept loop).
     pub fn spawn(
         listener: TcpListener,
-        store: Store,
+        stores: impl Into<Stores>,
         grants: Arc<dyn GrantSource>,
         transport: ServerTransport,
     ) -> io::Result<Self> {
@@ -95,7 +96,7 @@ impl TransferServer {
         let stats = Arc::new(TransferStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            store,
+            stores: stores.into(),
             grants,
             stats: stats.clone(),
         });
@@ -330,8 +331,15 @@ async fn route(req: &Request<Incoming>, shared: &Shared) -> Response<ResponseBod
         );
     }
     // A pull is many requests; the image must outlive the gaps between them (GC spares it).
-    let _ = shared.store.touch(&grant.location);
-    let image = match shared.store.open_image(&grant.location) {
+    let store = match shared.stores.for_host_path(grant.store.as_deref()) {
+        Ok(store) => store,
+        Err(e) => {
+            warn!(namespace, request, error = %e, "transfer refused: store not served");
+            return text(StatusCode::FORBIDDEN, codes::FORBIDDEN, e.to_string());
+        }
+    };
+    let _ = store.touch(&grant.location);
+    let image = match store.open_image(&grant.location) {
         Ok(image) => image,
         Err(StoreError::NotFound(_)) => {
             return text(

@@ -68,6 +68,8 @@ pub struct Grant {
     pub expires_at: Timestamp,
     /// The store location of the image it authorizes.
     pub location: String,
+    /// The hostPath of the store holding it (`None`: the agent's main store).
+    pub store: Option<String>,
 }
 
 /// A grant lookup that failed (the API server is unreachable, the Secret is malformed, …); the
@@ -181,6 +183,7 @@ mod tests {
             token: Token::new(secret),
             expires_at: Timestamp::now() + SignedDuration::from_secs(expires_in),
             location: "ns/req".into(),
+            store: None,
         }
     }
 

@@ -153,7 +153,7 @@ pub fn transfer_source(
 /// reads it too: the annotations say until when the token is good and which image it pulls.
 pub fn token_secret(request: &CheckpointRequest, token: String, expires_at: Timestamp) -> Secret {
     let mut metadata = child_meta(request, token_secret_name(&request.name_any()), None);
-    metadata.annotations = Some(BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (
             annotation::TOKEN_EXPIRES_AT.to_string(),
             expires_at.to_string(),
@@ -162,7 +162,12 @@ pub fn token_secret(request: &CheckpointRequest, token: String, expires_at: Time
             annotation::IMAGE_LOCATION.to_string(),
             image_location(request),
         ),
-    ]));
+    ]);
+    // The source agent serves the image from the store the checkpoint wrote it to.
+    if let Some(host) = &request.spec.storage.host_path {
+        annotations.insert(annotation::IMAGE_STORE.to_string(), host.path.clone());
+    }
+    metadata.annotations = Some(annotations);
     Secret {
         metadata,
         string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token)])),
@@ -367,6 +372,24 @@ mod tests {
             None,
         );
         assert!(task.spec.options.leave_running);
+    }
+
+    #[test]
+    fn the_token_secret_names_the_image_and_its_store() {
+        let mut spec = ferry_api::CheckpointRequestSpec::for_pod("p");
+        spec.storage = ferry_api::StorageSpec::host_path("/data/ferry");
+        let mut request = CheckpointRequest::new("req", spec);
+        request.metadata.namespace = Some("ns".into());
+        let secret = token_secret(&request, "t".into(), Timestamp::now());
+        let notes = secret.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            notes.get(annotation::IMAGE_STORE).map(String::as_str),
+            Some("/data/ferry")
+        );
+        assert_eq!(
+            notes.get(annotation::IMAGE_LOCATION),
+            Some(&image_location(&request))
+        );
     }
 
     #[test]
