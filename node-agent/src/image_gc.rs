@@ -5,7 +5,7 @@
 //! [`ferry_api::names::checkpoint_image`]), as large as the checkpoint itself (GPU memory
 //! included). The restored pod runs it, and the kubelet needs it again whenever it recreates
 //! that container, so the image stays while either
-//! - the store still holds the ferry image it was made from (its digest starts with the tag):
+//! - a store still holds the ferry image it was made from (its digest starts with the tag):
 //!   a Restore task may still import it or the kubelet may not have created the pod yet; or
 //! - a pod sandbox of the request's restored pod exists on this node (containerd's CRI labels
 //!   each sandbox with the pod's namespace and labels, and the restored pod carries
@@ -23,7 +23,7 @@ use ferry_api::names::{checkpoint_image, label};
 
 use crate::criu::Result;
 use crate::restore::Ctr;
-use crate::store::Store;
+use crate::store::Stores;
 
 /// One image name in containerd and the content (index or manifest) it points at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub fn plan(images: &[ImageName], keep: impl Fn(&CheckpointRef<'_>) -> bool) -> 
 }
 
 /// One GC round on this node's containerd: what was removed.
-pub fn collect(ctr: &Ctr, store: &Store, limit: Duration) -> Result<Vec<String>> {
+pub fn collect(ctr: &Ctr, stores: &Stores, limit: Duration) -> Result<Vec<String>> {
     let images = parse_images_ls(&ctr.query(&["images", "ls"], limit)?);
     if !images
         .iter()
@@ -127,9 +127,11 @@ pub fn collect(ctr: &Ctr, store: &Store, limit: Duration) -> Result<Vec<String>>
     // Tags of the images the store still holds (partials have no digest yet; a pull that
     // resumes re-imports under the same name).
     let mut held = HashSet::new();
-    for entry in store.list()?.into_iter().filter(|e| !e.partial) {
-        let image = store.open_image(&entry.location)?;
-        held.insert(image.digest.chars().take(12).collect::<String>());
+    for store in stores.all()? {
+        for entry in store.list()?.into_iter().filter(|e| !e.partial) {
+            let image = store.open_image(&entry.location)?;
+            held.insert(image.digest.chars().take(12).collect::<String>());
+        }
     }
     let mut has_pod: BTreeMap<(String, String), bool> = BTreeMap::new();
     for image in &images {

@@ -301,7 +301,7 @@ async fn main() -> Result<()> {
     // Checkpoint images imported into containerd are collected with the store's images.
     let image_ctr = matches!(args.runtime, Runtime::Containerd).then(|| ctr.clone());
     let gc_task = {
-        let store = store.clone();
+        let stores = stores.clone();
         let policy = GcPolicy {
             ttl: (args.gc_ttl_hours > 0)
                 .then(|| jiff::SignedDuration::from_hours(args.gc_ttl_hours as i64)),
@@ -315,27 +315,44 @@ async fn main() -> Result<()> {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
-                let store = store.clone();
+                let stores = stores.clone();
                 let policy = policy.clone();
                 let image_ctr = image_ctr.clone();
                 // Partials of running pulls are younger than the TTL; quota GC only deletes
-                // published images, oldest first.
+                // published images, oldest first. Each store has the TTL and its own quota.
                 let done = tokio::task::spawn_blocking(move || {
-                    let report = store.gc(&policy, jiff::Timestamp::now(), &Default::default());
+                    let reports: Vec<_> = match stores.all() {
+                        Ok(all) => all
+                            .iter()
+                            .map(|s| {
+                                let root = s.root().display().to_string();
+                                (
+                                    root,
+                                    s.gc(&policy, jiff::Timestamp::now(), &Default::default()),
+                                )
+                            })
+                            .collect(),
+                        Err(e) => vec![(stores.list(), Err(e))],
+                    };
                     let removed = image_ctr.map(|ctr| {
-                        ferry_agent::image_gc::collect(&ctr, &store, Duration::from_secs(60))
+                        ferry_agent::image_gc::collect(&ctr, &stores, Duration::from_secs(60))
                     });
-                    (report, removed)
+                    (reports, removed)
                 })
                 .await;
                 match done {
-                    Ok((report, removed)) => {
-                        match report {
-                            Ok(r) if !r.deleted.is_empty() => {
-                                info!(deleted = ?r.deleted, freed = r.freed_bytes, "image GC")
+                    Ok((reports, removed)) => {
+                        for (store, report) in reports {
+                            match report {
+                                Ok(r) if !r.deleted.is_empty() => info!(
+                                    store,
+                                    deleted = ?r.deleted,
+                                    freed = r.freed_bytes,
+                                    "image GC"
+                                ),
+                                Ok(_) => {}
+                                Err(e) => warn!(store, error = %e, "image GC failed"),
                             }
-                            Ok(_) => {}
-                            Err(e) => warn!(error = %e, "image GC failed"),
                         }
                         match removed {
                             Some(Ok(refs)) if !refs.is_empty() => info!(

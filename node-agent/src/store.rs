@@ -423,6 +423,15 @@ impl Stores {
         })
     }
 
+    /// Every store: the main one first.
+    pub fn all(&self) -> Result<Vec<Store>> {
+        let mut out = vec![self.main.clone()];
+        for p in &self.allowed {
+            out.push(Store::open(p)?);
+        }
+        Ok(out)
+    }
+
     /// The stores' roots, for messages.
     pub fn list(&self) -> String {
         std::iter::once(&self.main.root)
