@@ -198,6 +198,12 @@ pub mod metric {
     pub const CHECKPOINT_SIZE_BYTES: &str = "ferry_checkpoint_size_bytes";
     /// Counter `{operation,result}`: NodeTasks finished.
     pub const TASKS_TOTAL: &str = "ferry_tasks_total";
+    /// Gauge `{store}`: bytes of images (published and partial) in an image store, as of the
+    /// last GC round.
+    pub const STORE_BYTES: &str = "ferry_store_bytes";
+    /// Counter `{kind=store|containerd}`: images GC removed (store images; checkpoint images
+    /// imported into containerd, aliases included).
+    pub const GC_REMOVED_IMAGES_TOTAL: &str = "ferry_gc_removed_images_total";
 
     // Operator.
     /// Histogram: seconds of one reconcile.
@@ -210,7 +216,7 @@ pub mod metric {
     pub const RECONCILE_ERRORS_TOTAL: &str = "ferry_reconcile_errors_total";
 
     /// Every metric name.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         CHECKPOINT_DURATION_SECONDS,
         RESTORE_DURATION_SECONDS,
         GPU_RESTORE_DURATION_SECONDS,
@@ -221,6 +227,8 @@ pub mod metric {
         TRANSFER_DURATION_SECONDS,
         CHECKPOINT_SIZE_BYTES,
         TASKS_TOTAL,
+        STORE_BYTES,
+        GC_REMOVED_IMAGES_TOTAL,
         RECONCILE_DURATION_SECONDS,
         REQUESTS,
         MIGRATION_DOWNTIME_SECONDS,

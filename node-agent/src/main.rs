@@ -302,6 +302,7 @@ async fn main() -> Result<()> {
     let image_ctr = matches!(args.runtime, Runtime::Containerd).then(|| ctr.clone());
     let gc_task = {
         let stores = stores.clone();
+        let metrics = metrics.clone();
         let policy = GcPolicy {
             ttl: (args.gc_ttl_hours > 0)
                 .then(|| jiff::SignedDuration::from_hours(args.gc_ttl_hours as i64)),
@@ -344,21 +345,28 @@ async fn main() -> Result<()> {
                     Ok((reports, removed)) => {
                         for (store, report) in reports {
                             match report {
-                                Ok(r) if !r.deleted.is_empty() => info!(
-                                    store,
-                                    deleted = ?r.deleted,
-                                    freed = r.freed_bytes,
-                                    "image GC"
-                                ),
-                                Ok(_) => {}
+                                Ok(r) => {
+                                    metrics.store_gc(&store, r.deleted.len(), r.remaining_bytes);
+                                    if !r.deleted.is_empty() {
+                                        info!(
+                                            store,
+                                            deleted = ?r.deleted,
+                                            freed = r.freed_bytes,
+                                            "image GC"
+                                        )
+                                    }
+                                }
                                 Err(e) => warn!(store, error = %e, "image GC failed"),
                             }
                         }
                         match removed {
-                            Some(Ok(refs)) if !refs.is_empty() => info!(
-                                removed = ?refs,
-                                "checkpoint images no pod or stored image needs removed from containerd"
-                            ),
+                            Some(Ok(refs)) if !refs.is_empty() => {
+                                metrics.containerd_images_removed(refs.len());
+                                info!(
+                                    removed = ?refs,
+                                    "checkpoint images no pod or stored image needs removed from containerd"
+                                )
+                            }
                             Some(Err(e)) => {
                                 warn!(error = %e, "containerd checkpoint image GC failed")
                             }

@@ -4,7 +4,8 @@
 use ferry_api::names::metric;
 use ferry_api::stats::PluginStats;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Durations from 10 ms to 10 min (DESIGN.md §4).
@@ -44,6 +45,8 @@ pub struct Metrics {
     tasks: IntCounterVec,
     transfer_served_bytes: IntCounter,
     transfer_auth_failures: IntCounter,
+    store_bytes: IntGaugeVec,
+    gc_removed: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,6 +79,14 @@ impl Metrics {
             "Pulls refused for a missing, wrong or expired token.",
         )?;
         registry.register(Box::new(transfer_auth_failures.clone()))?;
+        let store_bytes = IntGaugeVec::new(
+            Opts::new(
+                metric::STORE_BYTES,
+                "Bytes of images (published and partial) in an image store, as of the last GC round.",
+            ),
+            &["store"],
+        )?;
+        registry.register(Box::new(store_bytes.clone()))?;
         Ok(Metrics {
             checkpoint_duration: histogram(
                 metric::CHECKPOINT_DURATION_SECONDS,
@@ -129,6 +140,12 @@ impl Metrics {
                 "NodeTasks this agent finished, by operation and result.",
                 &["operation", "result"],
             )?,
+            gc_removed: counter(
+                metric::GC_REMOVED_IMAGES_TOTAL,
+                "Images GC removed: store images (kind=store) and checkpoint images imported into containerd, aliases included (kind=containerd).",
+                &["kind"],
+            )?,
+            store_bytes,
             transfer_served_bytes: transfer_bytes.with_label_values(&["out"]),
             transfer_bytes,
             transfer_auth_failures,
@@ -189,6 +206,23 @@ impl Metrics {
         self.transfer_auth_failures.inc_by(count);
     }
 
+    /// A GC round of the store at `root`: what it removed and what is left.
+    pub fn store_gc(&self, root: &str, removed: usize, remaining_bytes: u64) {
+        self.gc_removed
+            .with_label_values(&["store"])
+            .inc_by(removed as u64);
+        self.store_bytes
+            .with_label_values(&[root])
+            .set(i64::try_from(remaining_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Checkpoint images (and aliases) removed from containerd.
+    pub fn containerd_images_removed(&self, count: usize) {
+        self.gc_removed
+            .with_label_values(&["containerd"])
+            .inc_by(count as u64);
+    }
+
     /// A finished NodeTask.
     pub fn task(&self, operation: &str, result: &str) {
         self.tasks.with_label_values(&[operation, result]).inc();
@@ -228,6 +262,8 @@ mod tests {
         m.pulled(3 << 30, 2.0);
         m.served(10);
         m.task("Restore", "Succeeded");
+        m.store_gc("/var/lib/ferry/checkpoints", 2, 5 << 30);
+        m.containerd_images_removed(2);
         let text = m.encode();
         for name in [
             metric::CHECKPOINT_DURATION_SECONDS,
@@ -240,6 +276,8 @@ mod tests {
             metric::TRANSFER_DURATION_SECONDS,
             metric::CHECKPOINT_SIZE_BYTES,
             metric::TASKS_TOTAL,
+            metric::STORE_BYTES,
+            metric::GC_REMOVED_IMAGES_TOTAL,
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
@@ -252,6 +290,18 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.contains(r#"ferry_store_bytes{store="/var/lib/ferry/checkpoints"} 5368709120"#),
+            "{text}"
+        );
+        for kind in ["store", "containerd"] {
+            assert!(
+                text.contains(&format!(
+                    "ferry_gc_removed_images_total{{kind=\"{kind}\"}} 2"
+                )),
+                "{text}"
+            );
+        }
         assert!(
             text.contains(
                 r#"ferry_gpu_restore_duration_seconds_sum{mode="parallel",vendor="sim"} 0.5"#
