@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -236,26 +236,8 @@ async fn main() -> Result<()> {
         "ferry-agent starting"
     );
 
-    // Served-bytes and auth-failure counters live in the server; mirror them into metrics.
-    {
-        let stats = transfer.stats();
-        let metrics = metrics.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let (mut served, mut refused) = (0u64, 0u64);
-            loop {
-                let now_served = stats.bytes_served.load(Ordering::Relaxed);
-                let now_refused = stats.auth_failures.load(Ordering::Relaxed);
-                metrics.served(now_served.saturating_sub(served));
-                metrics.auth_failures(now_refused.saturating_sub(refused));
-                (served, refused) = (now_served, now_refused);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.wait_for(|s| *s) => break,
-                }
-            }
-        });
-    }
+    // Served bytes and refused pulls are counted by the server; /metrics reads them.
+    metrics.attach_transfer(transfer.stats());
 
     let http = {
         let listener = tokio::net::TcpListener::bind(args.metrics_addr)

@@ -1,6 +1,9 @@
 //! The agent's Prometheus metrics (DESIGN.md §4; names from `ferry_api::names::metric`), above
 //! all the VRAM restore timings the plugin reports.
 
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
 use ferry_api::names::metric;
 use ferry_api::stats::PluginStats;
 use prometheus::{
@@ -47,6 +50,16 @@ pub struct Metrics {
     transfer_auth_failures: IntCounter,
     store_bytes: IntGaugeVec,
     gc_removed: IntCounterVec,
+    /// The transfer server's counters, read into the Prometheus ones at each scrape.
+    transfer: Arc<Mutex<Option<TransferMirror>>>,
+}
+
+/// The transfer server's own counters and what was already added from them.
+#[derive(Debug)]
+struct TransferMirror {
+    stats: Arc<crate::transfer::TransferStats>,
+    served: u64,
+    refused: u64,
 }
 
 impl Metrics {
@@ -146,6 +159,7 @@ impl Metrics {
                 &["kind"],
             )?,
             store_bytes,
+            transfer: Arc::new(Mutex::new(None)),
             transfer_served_bytes: transfer_bytes.with_label_values(&["out"]),
             transfer_bytes,
             transfer_auth_failures,
@@ -228,8 +242,29 @@ impl Metrics {
         self.tasks.with_label_values(&[operation, result]).inc();
     }
 
+    /// Exports the transfer server's served bytes and refused pulls (read at each scrape).
+    pub fn attach_transfer(&self, stats: Arc<crate::transfer::TransferStats>) {
+        let mut t = self.transfer.lock().unwrap_or_else(|e| e.into_inner());
+        *t = Some(TransferMirror {
+            stats,
+            served: 0,
+            refused: 0,
+        });
+    }
+
+    fn sync_transfer(&self) {
+        let mut t = self.transfer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = t.as_mut() else { return };
+        let served = m.stats.bytes_served.load(Ordering::Relaxed);
+        let refused = m.stats.auth_failures.load(Ordering::Relaxed);
+        self.served(served.saturating_sub(m.served));
+        self.auth_failures(refused.saturating_sub(m.refused));
+        (m.served, m.refused) = (served, refused);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.sync_transfer();
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "could not encode metrics");
@@ -263,6 +298,10 @@ mod tests {
         m.served(10);
         m.task("Restore", "Succeeded");
         m.store_gc("/var/lib/ferry/checkpoints", 2, 5 << 30);
+        let transfer = Arc::new(crate::transfer::TransferStats::default());
+        m.attach_transfer(transfer.clone());
+        transfer.bytes_served.store(32, Ordering::Relaxed);
+        transfer.auth_failures.store(3, Ordering::Relaxed);
         m.containerd_images_removed(2);
         let text = m.encode();
         for name in [
@@ -294,6 +333,20 @@ mod tests {
             text.contains(r#"ferry_store_bytes{store="/var/lib/ferry/checkpoints"} 5368709120"#),
             "{text}"
         );
+        // Read at the scrape: 10 served before, 32 from the server; and again only the news.
+        assert!(
+            text.contains(r#"ferry_transfer_bytes_total{direction="out"} 42"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_transfer_auth_failures_total 3"),
+            "{text}"
+        );
+        transfer.bytes_served.store(40, Ordering::Relaxed);
+        assert!(
+            m.encode()
+                .contains(r#"ferry_transfer_bytes_total{direction="out"} 50"#)
+        );
         for kind in ["store", "containerd"] {
             assert!(
                 text.contains(&format!(
@@ -310,10 +363,6 @@ mod tests {
         );
         assert!(
             text.contains(r#"ferry_tasks_total{operation="Restore",result="Succeeded"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"ferry_transfer_bytes_total{direction="out"} 10"#),
             "{text}"
         );
     }
