@@ -58,6 +58,15 @@ fn the_chart_lints_renders_installs_and_uninstalls() {
         );
     }
     assert!(!rendered.contains("namespace: ferry-system"), "{rendered}");
+    // The plugin goes into the node's CRIU plugin dir unless told otherwise.
+    assert!(rendered.contains("- name: install-plugin"), "{rendered}");
+    let without = run(Command::new(helm())
+        .args(["template", "ferry", "--set", "agent.installPlugin=false"])
+        .arg(&chart));
+    assert!(
+        !without.contains("install-plugin") && !without.contains("host-criu-plugins"),
+        "{without}"
+    );
     assert!(!rendered.contains("verbs: [\"*\"]") && !rendered.contains("resources: [\"*\"]"));
 
     // No CRDs from the harness: the chart's crds/ must install them.

@@ -1,9 +1,11 @@
 //! ferry's container image (`scripts/build-image`, the image the Helm chart runs) on a real
 //! kubelet + containerd node: imported from its OCI archive, every program the chart and the
 //! agent call runs in a pod from it (found on the image's PATH, with the shared libraries the
-//! image carries), and the CRIU plugin's libraries resolve inside it.
+//! image carries), the chart's own plugin-installing init container (taken from `helm
+//! template`) installs the plugin, and the installed plugin's libraries resolve.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -23,16 +25,51 @@ const CHECKS: &[(&str, &[&str], &str)] = &[
     ("criu", &["criu", "--version"], "Version: 4."),
     ("ctr", &["ctr", "--version"], "containerd/v2"),
     ("tar", &["tar", "--version"], "GNU tar"),
+    ("install", &["install", "--version"], "GNU coreutils"),
     (
         "plugin",
         &[
             "/lib64/ld-linux-x86-64.so.2",
             "--list",
-            "/usr/lib/criu/libferry_criu_plugin.so",
+            "/host-criu-plugins/libferry_criu_plugin.so",
         ],
         "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6",
     ),
 ];
+
+fn helm() -> PathBuf {
+    let default = PathBuf::from("/opt/ferry/tools/bin/helm");
+    if default.is_file() {
+        return default;
+    }
+    PathBuf::from("helm")
+}
+
+/// The chart's `install-plugin` init container, rendered by `helm template` and turned into
+/// JSON by kubectl (client side only).
+fn charts_init_container(cluster: &Cluster) -> serde_json::Value {
+    let out = Command::new(helm())
+        .args(["template", "ferry"])
+        .arg(workspace_root().join("charts/ferry"))
+        .args(["--show-only", "templates/agent.yaml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let json = cluster
+        .kubectl_stdin(
+            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+            Some(&yaml),
+        )
+        .unwrap();
+    // One JSON object per YAML document, one after the other.
+    let ds = serde_json::Deserializer::from_str(&json)
+        .into_iter::<serde_json::Value>()
+        .map(|o| o.unwrap())
+        .find(|o| o["kind"] == "DaemonSet")
+        .unwrap();
+    ds["spec"]["template"]["spec"]["initContainers"][0].clone()
+}
 
 #[test]
 fn the_image_runs_every_program_of_ferry_on_a_real_node() {
@@ -60,14 +97,24 @@ fn the_image_runs_every_program_of_ferry_on_a_real_node() {
         nodes[0].import_image(&archive).unwrap();
     }
 
+    let mount =
+        serde_json::json!([{"name": "host-criu-plugins", "mountPath": "/host-criu-plugins"}]);
     let containers: Vec<serde_json::Value> = CHECKS
         .iter()
         .map(|(name, command, _)| {
             serde_json::json!({
                 "name": name, "image": REF, "imagePullPolicy": "Never", "command": command,
+                "volumeMounts": mount,
             })
         })
         .collect();
+    // The chart's init container as it renders, on this image, into a scratch volume standing
+    // in for the node's CRIU plugin dir.
+    let mut init = charts_init_container(&cluster);
+    assert_eq!(init["name"], "install-plugin", "{init}");
+    assert_eq!(init["volumeMounts"], mount, "{init}");
+    init["image"] = REF.into();
+    init["imagePullPolicy"] = "Never".into();
     let pod = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -77,7 +124,9 @@ fn the_image_runs_every_program_of_ferry_on_a_real_node() {
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
+            "initContainers": [init],
             "containers": containers,
+            "volumes": [{"name": "host-criu-plugins", "emptyDir": {}}],
         },
     })
     .to_string();
