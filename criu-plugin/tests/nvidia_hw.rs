@@ -253,6 +253,8 @@ fn the_hardware_check_runs_every_case_end_to_end_in_a_dry_run_and_never_passes()
         "2g-ferry-leave-running",
         "8g-ferry",
         "8g-stock",
+        "4x2g-ferry",
+        "4x2g-stock",
     ] {
         let row = md
             .lines()
@@ -263,7 +265,7 @@ fn the_hardware_check_runs_every_case_end_to_end_in_a_dry_run_and_never_passes()
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("nvidia-check.json")).unwrap())
             .unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 7);
+    assert_eq!(json.as_array().unwrap().len(), 9);
     assert!(
         text.contains("case 2g-ferry-leave-running: processes left running kept their GPU memory"),
         "{text}"
