@@ -73,6 +73,14 @@ fn write_data(path: &Path, size: u64, seed: u64) {
     }
 }
 
+/// Scratch space for `bytes` with a source and a target store in it.
+fn stores(bytes: u64) -> (tempfile::TempDir, Store, Store) {
+    let tmp = scratch(bytes);
+    let source = Store::open(tmp.path().join("source")).unwrap();
+    let target = Store::open(tmp.path().join("target")).unwrap();
+    (tmp, source, target)
+}
+
 fn publish(store: &Store, location: &str, files: &[(&str, u64)]) -> Image {
     let staging = store.stage(location).unwrap();
     for (i, (name, size)) in files.iter().enumerate() {
@@ -225,9 +233,7 @@ async fn cutting_proxy(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gib_image_pulls_verified_and_resumes_after_cut_connections() {
     const GIB: u64 = 1 << 30;
-    let tmp = scratch(4 * GIB);
-    let source_store = Store::open(tmp.path().join("source")).unwrap();
-    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    let (_tmp, source_store, target_store) = stores(4 * GIB);
     // 2 GiB in several files, with a nested directory, an odd size and an empty file.
     let files = [
         ("main/pages-1.img", GIB),
@@ -300,9 +306,7 @@ async fn two_gib_image_pulls_verified_and_resumes_after_cut_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_token_is_refused_and_nothing_is_published() {
-    let tmp = scratch(64 * MIB);
-    let source_store = Store::open(tmp.path().join("source")).unwrap();
-    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    let (_tmp, source_store, target_store) = stores(64 * MIB);
     publish(&source_store, SOURCE_LOCATION, &[("f", 4 * MIB)]);
     let source = Source::start(source_store.clone()).await;
     let spec = PullSpec {
@@ -387,9 +391,7 @@ async fn an_image_is_served_from_the_store_its_grant_names_and_only_an_agent_sto
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_is_refused() {
-    let tmp = scratch(64 * MIB);
-    let source_store = Store::open(tmp.path().join("source")).unwrap();
-    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    let (_tmp, source_store, target_store) = stores(64 * MIB);
     publish(&source_store, SOURCE_LOCATION, &[("f", MIB)]);
     let source = Source::start(source_store.clone()).await;
     source.grants.insert(
@@ -415,9 +417,7 @@ async fn expired_token_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_is_refused_by_the_digest() {
-    let tmp = scratch(64 * MIB);
-    let source_store = Store::open(tmp.path().join("source")).unwrap();
-    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    let (_tmp, source_store, target_store) = stores(64 * MIB);
     let image = publish(
         &source_store,
         SOURCE_LOCATION,
@@ -612,9 +612,7 @@ async fn full_disk_fails_clearly_keeps_the_partial_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_other_than_the_pinned_one_is_refused() {
-    let tmp = scratch(64 * MIB);
-    let source_store = Store::open(tmp.path().join("source")).unwrap();
-    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    let (_tmp, source_store, target_store) = stores(64 * MIB);
     publish(&source_store, SOURCE_LOCATION, &[("f", MIB)]);
     let source = Source::start(source_store.clone()).await;
     let spec = PullSpec {
@@ -750,9 +748,7 @@ async fn urls_cannot_leave_the_image_or_reach_unlisted_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_partials_are_checked_not_trusted() {
-    let tmp = scratch(64 * MIB);
-    let source_store = Store::open(tmp.path().join("source")).unwrap();
-    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    let (_tmp, source_store, target_store) = stores(64 * MIB);
     let image = publish(
         &source_store,
         SOURCE_LOCATION,
@@ -822,9 +818,7 @@ impl Write for LogWriter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_reach_the_logs() {
     let logs = captured_logs();
-    let tmp = scratch(64 * MIB);
-    let source_store = Store::open(tmp.path().join("source")).unwrap();
-    let target_store = Store::open(tmp.path().join("target")).unwrap();
+    let (_tmp, source_store, target_store) = stores(64 * MIB);
     publish(&source_store, SOURCE_LOCATION, &[("f", MIB)]);
     let source = Source::start(source_store.clone()).await;
     let wrong = Token::generate().unwrap();

@@ -310,7 +310,6 @@ impl<'a> Puller<'a> {
         .map_err(|_| self.conn_err("connect timed out"))?
         .map_err(|e| self.conn_err(format!("connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let builder = hyper::client::conn::http1::Builder::new();
         let sender = match &self.transport {
             ClientTransport::Tls(config) => {
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
@@ -336,32 +335,29 @@ impl<'a> Puller<'a> {
                         None => self.conn_err(format!("TLS handshake: {e}")),
                     }
                 })?;
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| self.conn_err(format!("HTTP handshake: {e}")))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "transfer connection ended");
-                    }
-                });
-                sender
+                self.http1(tls).await?
             }
-            ClientTransport::Plain => {
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| self.conn_err(format!("HTTP handshake: {e}")))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "transfer connection ended");
-                    }
-                });
-                sender
-            }
+            ClientTransport::Plain => self.http1(tcp).await?,
         };
         self.sender = Some(sender);
         Ok(())
+    }
+
+    /// HTTP/1.1 over an established stream; the connection is driven by its own task.
+    async fn http1<S>(&self, stream: S) -> Result<SendRequest<Empty<Bytes>>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.conn_err(format!("HTTP handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "transfer connection ended");
+            }
+        });
+        Ok(sender)
     }
 
     /// Sends a GET, (re)connecting as needed; a non-success status becomes its error.
