@@ -43,18 +43,9 @@ fn dumping_a_pid_that_does_not_exist_fails_with_criu_s_error_line() {
     let err = ProcessTree::new(Criu::new(CRIU))
         .checkpoint(&process_job(pid, false), &staging)
         .expect_err("dumping a missing pid must fail");
-    let RuntimeError::Tool {
-        tool,
-        op,
-        message,
-        log,
-        ..
-    } = &err
-    else {
-        panic!("unexpected error: {err}");
-    };
+    let (tool, op, message, log) = tool_failure(&err);
     eprintln!("dump error: {err}");
-    assert_eq!((*tool, *op), ("criu", "dump"));
+    assert_eq!((tool, op), ("criu", "dump"));
     assert!(message.starts_with("Error ("), "{message}");
     assert!(!message.contains('\n'));
     // The log is kept in the staged image, and the error (the task's message) names it.
@@ -105,18 +96,9 @@ fn a_restore_that_fails_reports_criu_s_errors_and_keeps_the_image() {
     let err = runtime
         .restore(&job, &image)
         .expect_err("a restore onto a live pid must fail");
-    let RuntimeError::Tool {
-        tool,
-        op,
-        message,
-        log,
-        ..
-    } = &err
-    else {
-        panic!("unexpected error: {err}");
-    };
+    let (tool, op, message, log) = tool_failure(&err);
     eprintln!("restore error: {err}");
-    assert_eq!((*tool, *op), ("criu", "restore"));
+    assert_eq!((tool, op), ("criu", "restore"));
     assert!(message.contains("Error ("), "{message}");
     assert!(log.starts_with(&job.work_dir) && log.exists(), "{log:?}");
     assert!(alive(pid), "the failed restore hurt the original");

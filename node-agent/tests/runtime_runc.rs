@@ -9,7 +9,7 @@ mod runtime_common;
 use std::time::Duration;
 
 use ferry_agent::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
-use ferry_agent::criu::{Criu, RuntimeError};
+use ferry_agent::criu::Criu;
 use ferry_agent::restore::{RestoreJob, RestoreTarget, Restorer};
 use ferry_agent::runc::Runc;
 use ferry_agent::store::{Image, ImageSource, Store};
@@ -180,16 +180,10 @@ fn leave_running_keeps_the_original_running_and_a_busy_id_fails_the_restore_inta
         .runc
         .restore(&restore_job(&s, &id, "work-busy"), &image)
         .expect_err("a restore into a busy id must fail");
-    match &err {
-        RuntimeError::Tool {
-            tool, op, message, ..
-        } => {
-            assert_eq!((*tool, *op), ("runc", "restore"));
-            assert!(message.contains("runc: "), "{message}");
-            assert!(message.contains("exists"), "{message}");
-        }
-        other => panic!("unexpected error {other}"),
-    }
+    let (tool, op, message, _) = tool_failure(&err);
+    assert_eq!((tool, op), ("runc", "restore"));
+    assert!(message.contains("runc: "), "{message}");
+    assert!(message.contains("exists"), "{message}");
     assert_eq!(s.containers.state(&id).as_deref(), Some("running"));
     assert_image_intact(&s.store, &image, &published);
 }
@@ -262,17 +256,8 @@ fn a_failed_runc_checkpoint_names_criu_s_error_and_the_container_keeps_running()
         .checkpoint(&job(&id, false), &staging)
         .expect_err("the dump must fail");
     eprintln!("runc checkpoint error: {err}");
-    let RuntimeError::Tool {
-        tool,
-        op,
-        message,
-        log,
-        ..
-    } = &err
-    else {
-        panic!("unexpected error {err}");
-    };
-    assert_eq!((*tool, *op), ("runc", "checkpoint"));
+    let (tool, op, message, log) = tool_failure(&err);
+    assert_eq!((tool, op), ("runc", "checkpoint"));
     assert!(message.starts_with("runc: "), "{message}");
     assert!(message.contains("criu: Error ("), "{message}");
     assert!(message.contains("Dumping FAILED"), "{message}");

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use ferry_agent::criu::RuntimeError;
 use ferry_agent::store::{Image, Store};
 
 pub const CRIU: &str = "/usr/local/sbin/criu";
@@ -440,4 +441,18 @@ impl Drop for RuncContainers {
 /// A container id unique to this test process.
 pub fn unique_id(tag: &str) -> String {
     format!("ferry-test-{}-{tag}", std::process::id())
+}
+
+/// The tool, operation, message and kept log of a failed tool run; panics on any other error.
+pub fn tool_failure(err: &RuntimeError) -> (&'static str, &'static str, &str, &Path) {
+    match err {
+        RuntimeError::Tool {
+            tool,
+            op,
+            message,
+            log,
+            ..
+        } => (tool, op, message, log),
+        other => panic!("unexpected error: {other}"),
+    }
 }
