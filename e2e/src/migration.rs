@@ -200,6 +200,33 @@ fn verify(status: &Path) -> Result<Value> {
 }
 
 /// Runs the scenario. The cluster and every process stop when it returns.
+/// A `ferry-agent` for `node` on loopback, as the e2e tests run it: the agent's RBAC identity,
+/// the agents' namespace, metrics and transfer ports, its own store and state dir under `dir`
+/// (`store`, `state`), heartbeats every 2 s. The caller adds the runtime and its flags.
+pub fn agent_command(
+    bin: &Path,
+    cluster: &Cluster,
+    node: &str,
+    dir: &Path,
+    metrics: u16,
+    transfer: u16,
+) -> Command {
+    let mut agent = Command::new(bin);
+    agent
+        .env("KUBECONFIG", cluster.kubeconfig(User::Agent))
+        .env("RUST_LOG", "info,ferry_agent=debug")
+        .args(["--node-name", node, "--namespace", SYSTEM_NAMESPACE])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .args(["--transfer-addr", &format!("127.0.0.1:{transfer}")])
+        .args(["--advertise-url", &format!("https://127.0.0.1:{transfer}")])
+        .arg("--store")
+        .arg(dir.join("store"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--heartbeat-seconds", "2"]);
+    agent
+}
+
 pub fn run(opts: &MigrationOptions) -> Result<MigrationReport> {
     let say = |line: String| {
         if opts.verbose {
@@ -313,20 +340,17 @@ pub fn run(opts: &MigrationOptions) -> Result<MigrationReport> {
         let letter = if i == 0 { "a" } else { "b" };
         let (metrics, transfer) = (free_port()?, free_port()?);
         metrics_ports.push(metrics);
-        let mut agent = Command::new(&agent_bin);
+        let mut agent = agent_command(
+            &agent_bin,
+            &cluster,
+            node,
+            &work.join(letter),
+            metrics,
+            transfer,
+        );
         agent
-            .env("KUBECONFIG", cluster.kubeconfig(User::Agent))
-            .env("RUST_LOG", "info,ferry_agent=debug")
             .envs(sim_env.iter().map(|(k, v)| (*k, v.as_str())))
-            .args(["--node-name", node, "--namespace", SYSTEM_NAMESPACE])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .args(["--transfer-addr", &format!("127.0.0.1:{transfer}")])
-            .args(["--advertise-url", &format!("https://127.0.0.1:{transfer}")])
-            .arg("--store")
-            .arg(work.join(format!("store-{letter}")))
-            .arg("--state-dir")
-            .arg(work.join(format!("state-{letter}")))
-            .args(["--runtime", "process", "--heartbeat-seconds", "2"])
+            .args(["--runtime", "process"])
             .arg("--criu")
             .arg(&opts.criu)
             .arg("--plugin-dir")

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::counter::{self, counts};
+use ferry_e2e::migration::agent_command;
 use ferry_e2e::node::unsupported_reason;
 use ferry_e2e::{Cluster, NodeBinaries, Options, User, workspace_root};
 
@@ -156,19 +157,16 @@ fn a_real_pod_migrates_between_two_real_nodes_through_the_operator() {
         for (i, node) in nodes.iter().enumerate() {
             let letter = if i == 0 { "a" } else { "b" };
             let transfer = free_port();
-            let mut agent = Command::new(bin.join("ferry-agent"));
+            let mut agent = agent_command(
+                &bin.join("ferry-agent"),
+                &cluster,
+                node.name(),
+                &work.join(letter),
+                free_port(),
+                transfer,
+            );
             agent
-                .env("KUBECONFIG", cluster.kubeconfig(User::Agent))
-                .env("RUST_LOG", "info,ferry_agent=debug")
-                .args(["--node-name", node.name(), "--namespace", SYSTEM_NAMESPACE])
-                .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-                .args(["--transfer-addr", &format!("127.0.0.1:{transfer}")])
-                .args(["--advertise-url", &format!("https://127.0.0.1:{transfer}")])
-                .arg("--store")
-                .arg(work.join(format!("store-{letter}")))
-                .arg("--state-dir")
-                .arg(work.join(format!("state-{letter}")))
-                .args(["--runtime", "containerd", "--heartbeat-seconds", "2"])
+                .args(["--runtime", "containerd"])
                 .args(["--gc-every-seconds", "1"])
                 .args([
                     "--kubelet-url",
