@@ -200,6 +200,33 @@ fn verify(status: &Path) -> Result<Value> {
 }
 
 /// Runs the scenario. The cluster and every process stop when it returns.
+/// Applies the RBAC of `manifests/rbac/` and binds it to the users of the harness's client
+/// certificates (`ferry-operator`, `ferry-agent`), so that the operator and the agents run
+/// with exactly those roles. `SYSTEM_NAMESPACE` must exist.
+pub fn bind_ferry_rbac(cluster: &Cluster) -> crate::Result<()> {
+    let rbac = workspace_root().join("manifests/rbac");
+    cluster.kubectl(&["apply", "-f", &rbac.display().to_string()])?;
+    for role in ["ferry-operator", "ferry-agent"] {
+        cluster.kubectl(&[
+            "create",
+            "clusterrolebinding",
+            &format!("{role}-user"),
+            &format!("--clusterrole={role}"),
+            &format!("--user={role}"),
+        ])?;
+        cluster.kubectl(&[
+            "create",
+            "rolebinding",
+            &format!("{role}-user"),
+            "-n",
+            SYSTEM_NAMESPACE,
+            &format!("--role={role}"),
+            &format!("--user={role}"),
+        ])?;
+    }
+    Ok(())
+}
+
 /// A `ferry-agent` for `node` on loopback, as the e2e tests run it: the agent's RBAC identity,
 /// the agents' namespace, metrics and transfer ports, its own store and state dir under `dir`
 /// (`store`, `state`), heartbeats every 2 s. The caller adds the runtime and its flags.
@@ -285,31 +312,7 @@ pub fn run(opts: &MigrationOptions) -> Result<MigrationReport> {
         // account controller would, so that pods pass admission.
         cluster.kubectl(&["create", "serviceaccount", "default", "-n", ns])?;
     }
-    // Operator and agents run with exactly the RBAC of manifests/rbac/, bound to the users
-    // of the harness's client certificates.
-    let rbac = workspace_root().join("manifests/rbac");
-    cluster.kubectl(&["apply", "-f", &rbac.display().to_string()])?;
-    for (user, role) in [
-        ("ferry-operator", "ferry-operator"),
-        ("ferry-agent", "ferry-agent"),
-    ] {
-        cluster.kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &format!("{role}-user"),
-            &format!("--clusterrole={role}"),
-            &format!("--user={user}"),
-        ])?;
-        cluster.kubectl(&[
-            "create",
-            "rolebinding",
-            &format!("{role}-user"),
-            "-n",
-            SYSTEM_NAMESPACE,
-            &format!("--role={role}"),
-            &format!("--user={user}"),
-        ])?;
-    }
+    bind_ferry_rbac(&cluster)?;
 
     // The sim GPU both "nodes" share: on one machine there is one set of sim devices.
     let sim_root = work.join("sim-root");

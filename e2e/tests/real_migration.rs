@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::counter::{self, counts};
-use ferry_e2e::migration::agent_command;
+use ferry_e2e::migration::{agent_command, bind_ferry_rbac};
 use ferry_e2e::node::unsupported_reason;
 use ferry_e2e::{Cluster, NodeBinaries, Options, User, workspace_root};
 
@@ -106,34 +106,8 @@ fn a_real_pod_migrates_between_two_real_nodes_through_the_operator() {
     cluster
         .kubectl(&["create", "namespace", SYSTEM_NAMESPACE])
         .unwrap();
-    // Operator and agents run with exactly the RBAC of manifests/rbac/, bound to the users of
-    // the harness's client certificates (the kubelet authenticates the agent by the same cert).
-    let rbac = workspace_root().join("manifests/rbac");
-    cluster
-        .kubectl(&["apply", "-f", &rbac.display().to_string()])
-        .unwrap();
-    for role in ["ferry-operator", "ferry-agent"] {
-        cluster
-            .kubectl(&[
-                "create",
-                "clusterrolebinding",
-                &format!("{role}-user"),
-                &format!("--clusterrole={role}"),
-                &format!("--user={role}"),
-            ])
-            .unwrap();
-        cluster
-            .kubectl(&[
-                "create",
-                "rolebinding",
-                &format!("{role}-user"),
-                "-n",
-                SYSTEM_NAMESPACE,
-                &format!("--role={role}"),
-                &format!("--user={role}"),
-            ])
-            .unwrap();
-    }
+    // The kubelet authenticates the agent by the same client certificate.
+    bind_ferry_rbac(&cluster).unwrap();
 
     let mut operator = Command::new(bin.join("ferry-operator"));
     operator
