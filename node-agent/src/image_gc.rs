@@ -127,7 +127,7 @@ pub fn collect(ctr: &Ctr, stores: &Stores, limit: Duration) -> Result<Vec<String
     // Tags of the images the store still holds (partials have no digest yet; a pull that
     // resumes re-imports under the same name).
     let mut held = HashSet::new();
-    for store in stores.all()? {
+    for store in stores.all() {
         for entry in store.list()?.into_iter().filter(|e| !e.partial) {
             let image = store.open_image(&entry.location)?;
             held.insert(image.digest.chars().take(12).collect::<String>());

@@ -191,7 +191,8 @@ async fn main() -> Result<()> {
     init_tracing(args.log_format);
     let store = Store::open(&args.store)
         .with_context(|| format!("opening the image store {}", args.store.display()))?;
-    let stores = Stores::new(store.clone(), args.allowed_host_paths.clone());
+    let stores = Stores::new(store.clone(), args.allowed_host_paths.clone())
+        .context("opening the --allow-host-path stores")?;
     let identity = NodeIdentity::load_or_create(&args.state_dir)
         .context("loading or creating the transfer TLS identity")?;
     let client = kube::Client::try_default()
@@ -304,19 +305,16 @@ async fn main() -> Result<()> {
                 // Partials of running pulls are younger than the TTL; quota GC only deletes
                 // published images, oldest first. Each store has the TTL and its own quota.
                 let done = tokio::task::spawn_blocking(move || {
-                    let reports: Vec<_> = match stores.all() {
-                        Ok(all) => all
-                            .iter()
-                            .map(|s| {
-                                let root = s.root().display().to_string();
-                                (
-                                    root,
-                                    s.gc(&policy, jiff::Timestamp::now(), &Default::default()),
-                                )
-                            })
-                            .collect(),
-                        Err(e) => vec![(stores.list(), Err(e))],
-                    };
+                    let reports: Vec<_> = stores
+                        .all()
+                        .map(|s| {
+                            let root = s.root().display().to_string();
+                            (
+                                root,
+                                s.gc(&policy, jiff::Timestamp::now(), &Default::default()),
+                            )
+                        })
+                        .collect();
                     let removed = image_ctr.map(|ctr| {
                         ferry_agent::image_gc::collect(&ctr, &stores, Duration::from_secs(60))
                     });

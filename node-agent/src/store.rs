@@ -381,7 +381,8 @@ fn list_files(dir: &Path) -> Result<Vec<String>> {
 #[derive(Clone, Debug)]
 pub struct Stores {
     main: Store,
-    allowed: Vec<PathBuf>,
+    /// Each allowed host path as given, opened once.
+    allowed: Vec<(PathBuf, Store)>,
 }
 
 impl From<Store> for Stores {
@@ -394,9 +395,14 @@ impl From<Store> for Stores {
 }
 
 impl Stores {
-    /// `main` and the host paths in `allowed`.
-    pub fn new(main: Store, allowed: Vec<PathBuf>) -> Self {
-        Stores { main, allowed }
+    /// `main` and the host paths in `allowed`, each opened (created if needed) here, so that
+    /// serving and GC do not open them again.
+    pub fn new(main: Store, allowed: Vec<PathBuf>) -> Result<Self> {
+        let allowed = allowed
+            .into_iter()
+            .map(|p| Store::open(&p).map(|s| (p, s)))
+            .collect::<Result<_>>()?;
+        Ok(Stores { main, allowed })
     }
 
     /// The main store.
@@ -414,8 +420,8 @@ impl Stores {
         if wanted == Path::new(ferry_api::storage::DEFAULT_HOST_PATH) || wanted == self.main.root {
             return Ok(self.main.clone());
         }
-        if self.allowed.iter().any(|p| p == wanted) {
-            return Store::open(wanted);
+        if let Some((_, store)) = self.allowed.iter().find(|(p, _)| p == wanted) {
+            return Ok(store.clone());
         }
         Err(StoreError::NotAStore {
             path: path.to_string(),
@@ -424,18 +430,14 @@ impl Stores {
     }
 
     /// Every store: the main one first.
-    pub fn all(&self) -> Result<Vec<Store>> {
-        let mut out = vec![self.main.clone()];
-        for p in &self.allowed {
-            out.push(Store::open(p)?);
-        }
-        Ok(out)
+    pub fn all(&self) -> impl Iterator<Item = &Store> {
+        std::iter::once(&self.main).chain(self.allowed.iter().map(|(_, s)| s))
     }
 
     /// The stores' roots, for messages.
     pub fn list(&self) -> String {
         std::iter::once(&self.main.root)
-            .chain(&self.allowed)
+            .chain(self.allowed.iter().map(|(p, _)| p))
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")

@@ -350,7 +350,7 @@ async fn an_image_is_served_from_the_store_its_grant_names_and_only_an_agent_sto
     let extra = Store::open(tmp.path().join("extra")).unwrap();
     let target_store = Store::open(tmp.path().join("target")).unwrap();
     publish(&extra, SOURCE_LOCATION, &[("f", MIB)]);
-    let source = Source::start(Stores::new(main, vec![extra.root().to_path_buf()])).await;
+    let source = Source::start(Stores::new(main, vec![extra.root().to_path_buf()]).unwrap()).await;
     let grant = |store: Option<String>| Grant {
         token: source.token.clone(),
         expires_at: Timestamp::now() + SignedDuration::from_mins(10),
