@@ -3,20 +3,11 @@
 //!
 //! The binary (`src/main.rs`) wires these together; each module is one idea.
 
-pub mod checkpoint;
-pub mod criu;
-mod exec;
+pub mod executor;
 pub mod grants;
-pub mod http;
-pub mod image_gc;
-pub mod in_use;
 pub mod intake;
-pub mod kubelet;
 pub mod lease;
-pub mod metrics;
-pub mod process_tree;
-pub mod restore;
-pub mod runc;
+pub mod runtime;
 pub mod store;
+pub mod telemetry;
 pub mod transfer;
-pub mod worker;

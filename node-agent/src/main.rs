@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
+use ferry_service::{Endpoints, LogFormat, init_tracing, shutdown_signal};
 use ferry_agent::criu::Criu;
 use ferry_agent::grants::{CachedGrants, SecretGrants};
-use ferry_agent::http::{HttpState, router};
 use ferry_agent::intake::{self, IntakeConfig};
 use ferry_agent::kubelet::KubeletApi;
 use ferry_agent::lease::{self, LeaseConfig};
-use ferry_agent::metrics::Metrics;
+use ferry_agent::telemetry::metrics::Metrics;
 use ferry_agent::restore::Ctr;
 use ferry_agent::store::{GcPolicy, Store, Stores};
 use ferry_agent::transfer::{NodeIdentity, ServerTransport, TransferServer};
@@ -23,12 +23,6 @@ use ferry_agent::worker::{RuntimeMode, Worker, WorkerConfig};
 use ferry_api::names::agent;
 use tokio::sync::watch;
 use tracing::{info, warn};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Pretty,
-    Json,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Runtime {
@@ -241,25 +235,16 @@ async fn main() -> Result<()> {
     metrics.attach_transfer(transfer.stats());
 
     let http = {
-        let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-            .await
-            .with_context(|| format!("binding {}", args.metrics_addr))?;
-        let app = router(HttpState {
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-        });
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                warn!(error = %e, "HTTP server stopped");
-            }
+        Endpoints::new(
+            metrics.clone(),
+            ready.clone(),
+            "not ready: the agent Lease is not renewed or the task watch is not running",
+        )
+        .spawn(args.metrics_addr, async move {
+            let _ = stop.wait_for(|s| *s).await;
         })
+        .await?
     };
 
     let lease_task = tokio::spawn(lease::run(
@@ -466,32 +451,4 @@ fn kubelet_api(args: &Args) -> Result<KubeletApi> {
         .clone()
         .unwrap_or_else(|| args.kubelet_checkpoints_dir.clone());
     Ok(api)
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

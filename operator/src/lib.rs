@@ -1,12 +1,11 @@
 //! ferry's operator: reconciles `CheckpointRequest`s into NodeTasks for the node agents, a
 //! restored pod for migrations, and a status that says where each request is.
 //!
-//! `main.rs` only wires: telemetry, the HTTP endpoints ([`http`]), leader election
+//! `main.rs` only wires: logging and the HTTP endpoints (`ferry-service`), leader election
 //! ([`leader`]) and the controller ([`controller::run`]).
 
 pub mod agents;
 pub mod controller;
-pub mod http;
 pub mod leader;
 pub mod metrics;
 

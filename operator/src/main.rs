@@ -7,17 +7,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ferry_operator::controller::{self, Config};
-use ferry_operator::http::{HttpState, router};
 use ferry_operator::leader::{self, LeaseConfig};
 use ferry_operator::metrics::Metrics;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Pretty,
-    Json,
-}
+use ferry_service::{Endpoints, LogFormat, init_tracing, shutdown_signal};
 
 /// ferry operator: checkpoint and live-migrate GPU pods. Reads the kubeconfig from
 /// $KUBECONFIG or ~/.kube/config, or the in-cluster service account.
@@ -64,16 +58,15 @@ async fn main() -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes client: set KUBECONFIG or run in a pod with a service account")?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new().context("registering the metrics")?);
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(&args.metrics_addr)
-        .await
-        .with_context(|| format!("binding {}", args.metrics_addr))?;
-    let app = router(HttpState {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    });
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = Endpoints::new(
+        metrics.clone(),
+        ready.clone(),
+        "not connected to the API server yet",
+    )
+    .spawn(args.metrics_addr.clone(), std::future::pending())
+    .await?;
     tracing::info!(metrics_addr = %args.metrics_addr, identity = %identity, lease = %args.lease_name, "ferry-operator started");
 
     let config = Config {
@@ -98,33 +91,4 @@ async fn main() -> Result<()> {
     outcome.context("ferry-operator stopped")?;
     tracing::info!("ferry-operator shut down");
     Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received");
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

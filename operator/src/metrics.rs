@@ -1,4 +1,5 @@
-//! The operator's Prometheus metrics (names from `ferry_api::names::metric`).
+//! The operator's Prometheus metrics (names from `ferry_api::names::metric`), in the same
+//! crate and text format as the agent's (`ferry-service` serves them).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -6,26 +7,7 @@ use std::time::Instant;
 
 use ferry_api::RequestPhase;
 use ferry_api::names::metric;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
-
-/// Label set `{error}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
-    /// [`crate::Error::metric_label`].
-    pub error: String,
-}
-
-/// Label set `{phase}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PhaseLabels {
-    /// A [`RequestPhase`] name.
-    pub phase: String,
-}
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// The operator's metrics and their registry.
 #[derive(Debug)]
@@ -33,9 +15,9 @@ pub struct Metrics {
     /// `ferry_reconcile_duration_seconds`.
     pub reconcile_duration: Histogram,
     /// `ferry_reconcile_errors_total{error}`.
-    pub errors: Family<ErrorLabels, Counter>,
+    pub errors: IntCounterVec,
     /// `ferry_requests{phase}`.
-    pub requests: Family<PhaseLabels, Gauge>,
+    pub requests: IntGaugeVec,
     /// `ferry_migration_downtime_seconds`.
     pub downtime: Histogram,
     /// The last phase seen per request (`namespace/name`), behind `requests`.
@@ -44,55 +26,64 @@ pub struct Metrics {
 }
 
 /// Buckets from 1 ms to about 65 s.
-fn reconcile_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17)
+fn reconcile_buckets() -> Vec<f64> {
+    exponential(0.001, 17)
 }
 
 /// Buckets from 10 ms to about 10 min.
-fn downtime_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 17)
+fn downtime_buckets() -> Vec<f64> {
+    exponential(0.01, 17)
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::default();
-        let reconcile_duration = Histogram::new(reconcile_buckets());
-        let errors = Family::<ErrorLabels, Counter>::default();
-        let requests = Family::<PhaseLabels, Gauge>::default();
-        let downtime = Histogram::new(downtime_buckets());
-        // prometheus-client appends `_total` to counters and takes the unit separately.
-        registry.register(
-            metric::RECONCILE_DURATION_SECONDS,
-            "Seconds of one CheckpointRequest reconcile",
-            reconcile_duration.clone(),
-        );
-        registry.register(
-            metric::RECONCILE_ERRORS_TOTAL.trim_end_matches("_total"),
-            "Reconciles that returned an error, by error",
-            errors.clone(),
-        );
-        registry.register(
-            metric::REQUESTS,
-            "CheckpointRequests by phase",
-            requests.clone(),
-        );
-        registry.register(
-            metric::MIGRATION_DOWNTIME_SECONDS,
-            "Seconds a migrated workload was frozen (checkpoint freeze to restored pod running)",
-            downtime.clone(),
-        );
-        Metrics {
+/// `count` buckets doubling from `start`.
+fn exponential(start: f64, count: i32) -> Vec<f64> {
+    (0..count).map(|i| start * 2f64.powi(i)).collect()
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry. Fails only on an invalid metric definition
+    /// (a programming error the unit test catches).
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let reconcile_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                metric::RECONCILE_DURATION_SECONDS,
+                "Seconds of one CheckpointRequest reconcile",
+            )
+            .buckets(reconcile_buckets()),
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                metric::RECONCILE_ERRORS_TOTAL,
+                "Reconciles that returned an error, by error",
+            ),
+            &["error"],
+        )?;
+        let requests = IntGaugeVec::new(
+            Opts::new(metric::REQUESTS, "CheckpointRequests by phase"),
+            &["phase"],
+        )?;
+        let downtime = Histogram::with_opts(
+            HistogramOpts::new(
+                metric::MIGRATION_DOWNTIME_SECONDS,
+                "Seconds a migrated workload was frozen (checkpoint freeze to restored pod running)",
+            )
+            .buckets(downtime_buckets()),
+        )?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(downtime.clone()))?;
+        Ok(Metrics {
             reconcile_duration,
             errors,
             requests,
             downtime,
             phases: Mutex::default(),
             registry,
-        }
+        })
     }
-}
 
-impl Metrics {
     /// Starts timing a reconcile; the time is recorded when the guard drops.
     pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
         ReconcileTimer {
@@ -104,9 +95,7 @@ impl Metrics {
     /// Counts a failed reconcile.
     pub fn count_error(&self, error: &crate::Error) {
         self.errors
-            .get_or_create(&ErrorLabels {
-                error: error.metric_label().to_string(),
-            })
+            .with_label_values(&[error.metric_label()])
             .inc();
     }
 
@@ -122,11 +111,7 @@ impl Metrics {
         if old == phase {
             return;
         }
-        let gauge = |p: RequestPhase| {
-            self.requests.get_or_create(&PhaseLabels {
-                phase: p.as_str().to_string(),
-            })
-        };
+        let gauge = |p: RequestPhase| self.requests.with_label_values(&[p.as_str()]);
         if let Some(p) = old {
             gauge(p).dec();
         }
@@ -137,11 +122,17 @@ impl Metrics {
 
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
+        let mut out = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "could not encode metrics");
         }
-        out
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl ferry_service::Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
     }
 }
 
@@ -166,7 +157,7 @@ mod tests {
 
     #[test]
     fn the_phase_gauge_moves_a_request_between_phases() {
-        let m = Metrics::default();
+        let m = Metrics::new().unwrap();
         m.set_phase("ns/a", Some(RequestPhase::Pending));
         m.set_phase("ns/a", Some(RequestPhase::Checkpointing));
         m.set_phase("ns/b", Some(RequestPhase::Checkpointing));

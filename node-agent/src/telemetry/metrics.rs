@@ -1,5 +1,5 @@
-//! The agent's Prometheus metrics (DESIGN.md §4; names from `ferry_api::names::metric`), above
-//! all the VRAM restore timings the plugin reports.
+//! The agent's Prometheus metrics (names from `ferry_api::names::metric`; the list is in
+//! `ARCHITECTURE.md`, "Metrics"), above all the VRAM restore timings the plugin reports.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use prometheus::{
     TextEncoder,
 };
 
-/// Durations from 10 ms to 10 min (DESIGN.md §4).
+/// Durations from 10 ms to 10 min.
 const DURATION_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0,
 ];
@@ -270,6 +270,12 @@ impl Metrics {
             tracing::warn!(error = %e, "could not encode metrics");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl ferry_service::Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
     }
 }
 
