@@ -192,3 +192,16 @@ fn setpriv() -> Option<&'static Path> {
         })
         .as_deref()
 }
+
+/// Whether a process exists (for checks that teardown left nothing behind).
+pub fn process_exists(pid: u32) -> bool {
+    i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}
+
+/// Whether a loopback port can be bound (for checks that teardown freed it).
+pub fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}

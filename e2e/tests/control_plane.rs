@@ -9,7 +9,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use ferry_e2e::cluster::{port_is_free, process_exists};
+use ferry_e2e::process::{port_is_free, process_exists};
 use ferry_e2e::{Cluster, Options, User};
 
 const NAMESPACE: &str = "e2e-ckpt";

@@ -20,7 +20,7 @@ use ferry_e2e::node::{
     CGROUP_PARENT, HOST_DIRS, KUBELET_SYSCTLS, SAVED_SYSCTLS_FILE, checkpoint_image,
     unsupported_reason,
 };
-use ferry_e2e::{Cluster, Options, cluster::process_exists, counter};
+use ferry_e2e::{Cluster, Options, counter, process::process_exists};
 
 fn last_count(log: &str) -> Option<u64> {
     counter::counts(log).last().copied()

@@ -11,12 +11,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+mod kubectl;
+mod nodes;
+mod options;
+
+pub use options::Options;
+
 use crate::binaries::{Binaries, NodeBinaries};
 use crate::error::{Error, IoContext, Result};
 use crate::node::{self, NodeContext, NodeLock, REAL_NODE_LABEL, RealNode};
 use crate::pki::{FRONT_PROXY_CLIENT, Pki, SERVICE_CLUSTER_IP_RANGE, User};
-use crate::process::Process;
-use crate::workspace_root;
+use crate::process::{Process, process_exists};
 
 /// The annotation kwok selects the nodes it manages by (`kwok.x-k8s.io/node: fake`).
 pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
@@ -40,57 +45,6 @@ const REAL_NODE_READY_TIMEOUT: Duration = Duration::from_secs(180);
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 /// kubectl's per-request timeout.
 const KUBECTL_REQUEST_TIMEOUT: &str = "--request-timeout=60s";
-
-/// What to start besides etcd and kube-apiserver.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// Start kube-controller-manager and kube-scheduler (service accounts, namespace deletion,
-    /// garbage collection, node lifecycle, pod scheduling).
-    pub controllers: bool,
-    /// Start kwok, which keeps simulated nodes Ready and runs pods bound to them (on paper).
-    pub kwok: bool,
-    /// Create this many kwok nodes during start-up and wait until they are Ready (implies `kwok`).
-    pub kwok_nodes: usize,
-    /// Start this many real kubelet + containerd nodes (`ferry-node-a`, `ferry-node-b`, ...)
-    /// and wait until they are Ready (implies `controllers`: pods need the scheduler and
-    /// service accounts). See [`crate::node`].
-    pub real_nodes: usize,
-    /// Do not apply `manifests/crds/` (they are applied by default).
-    pub skip_crds: bool,
-}
-
-impl Options {
-    /// etcd, kube-apiserver and ferry's CRDs: up in seconds.
-    pub fn control_plane() -> Self {
-        Self::default()
-    }
-
-    /// Also start kube-controller-manager and kube-scheduler.
-    pub fn with_controllers(mut self) -> Self {
-        self.controllers = true;
-        self
-    }
-
-    /// Also start kwok.
-    pub fn with_kwok(mut self) -> Self {
-        self.kwok = true;
-        self
-    }
-
-    /// Also start kwok and create `count` Ready kwok nodes.
-    pub fn with_kwok_nodes(mut self, count: usize) -> Self {
-        self.kwok = true;
-        self.kwok_nodes = count;
-        self
-    }
-
-    /// Also start the controllers and `count` real kubelet + containerd nodes.
-    pub fn with_real_nodes(mut self, count: usize) -> Self {
-        self.controllers = true;
-        self.real_nodes = count;
-        self
-    }
-}
 
 /// A running test cluster. Dropping it stops every component (process groups, SIGTERM then
 /// SIGKILL) and removes its directory; set `FERRY_E2E_KEEP=1` to keep the directory (logs,
@@ -454,120 +408,6 @@ impl Cluster {
             .try_for_each(RealNode::check_running)
     }
 
-    /// A kubectl command as the admin, against this cluster, not yet run.
-    pub fn kubectl_command(&self) -> Command {
-        self.kubectl_command_as(User::Admin)
-    }
-
-    /// A kubectl command as `user`, against this cluster, not yet run.
-    pub fn kubectl_command_as(&self, user: User) -> Command {
-        let mut command = Command::new(&self.binaries.kubectl);
-        command
-            .arg(format!("--kubeconfig={}", self.kubeconfig(user).display()))
-            .arg(KUBECTL_REQUEST_TIMEOUT)
-            .env_remove("KUBECONFIG");
-        command
-    }
-
-    /// Runs kubectl as the admin with `stdin` (if any) and returns its output, whatever its
-    /// exit status: for tests that expect a command to fail.
-    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-        let mut command = self.kubectl_command();
-        command.args(args);
-        run(command, stdin, &self.binaries.kubectl)
-    }
-
-    /// Runs kubectl as the admin and returns its stdout; an error if it fails.
-    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        self.kubectl_stdin(args, None)
-    }
-
-    /// Runs kubectl as the admin with `stdin` and returns its stdout; an error if it fails.
-    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let output = self.kubectl_output(args, stdin)?;
-        checked(args, output)
-    }
-
-    /// Runs kubectl as the admin and parses its stdout as JSON (pass `-o json`).
-    pub fn kubectl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let out = self.kubectl(args)?;
-        serde_json::from_str(&out).map_err(|source| Error::KubectlOutput {
-            args: args.join(" "),
-            source,
-        })
-    }
-
-    /// Applies `manifests/crds/` and waits until the CRDs are established.
-    pub fn apply_crds(&self) -> Result<()> {
-        let crds = workspace_root().join("manifests/crds");
-        let crds = crds.display().to_string();
-        self.kubectl(&["apply", "--server-side", "-f", &crds])?;
-        self.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "-f",
-            &crds,
-        ])?;
-        Ok(())
-    }
-
-    /// Creates `count` kwok nodes (named `kwok-node-<n>`, continuing the numbering across
-    /// calls) and returns their names. kwok must be running ([`Options::kwok`]) for them to
-    /// become Ready; see [`Cluster::wait_nodes_ready`].
-    pub fn add_kwok_nodes(&self, count: usize) -> Result<Vec<String>> {
-        let first = self.next_node.fetch_add(count, Ordering::SeqCst);
-        let names: Vec<String> = (first..first + count)
-            .map(|i| format!("kwok-node-{i:04}"))
-            .collect();
-        let items: Vec<serde_json::Value> = names.iter().map(|n| kwok_node(n)).collect();
-        let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items });
-        self.kubectl_stdin(
-            &["create", "-f", "-", "-o", "name"],
-            Some(&list.to_string()),
-        )?;
-        Ok(names)
-    }
-
-    /// Waits until every kwok node in `names` has condition Ready=True; returns how long it took.
-    pub fn wait_nodes_ready(&self, names: &[String], timeout: Duration) -> Result<Duration> {
-        let selector = format!("{KWOK_NODE_LABEL}=true");
-        self.wait_labelled_nodes_ready(names, &selector, timeout)
-    }
-
-    /// Waits until every node in `names` (among those matching `selector`) is Ready.
-    fn wait_labelled_nodes_ready(
-        &self,
-        names: &[String],
-        selector: &str,
-        timeout: Duration,
-    ) -> Result<Duration> {
-        let want: HashSet<&str> = names.iter().map(String::as_str).collect();
-        let began = Instant::now();
-        let jsonpath = r#"jsonpath={range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
-        self.poll(
-            &format!("{} nodes ({selector}) becoming Ready", names.len()),
-            timeout,
-            Duration::from_millis(500),
-            || {
-                let out = self
-                    .kubectl(&["get", "nodes", "-l", selector, "-o", jsonpath])
-                    .map_err(|e| e.to_string())?;
-                let ready = out
-                    .lines()
-                    .filter_map(|l| l.split_once(' '))
-                    .filter(|(name, status)| *status == "True" && want.contains(name))
-                    .count();
-                if ready == want.len() {
-                    Ok(Some(()))
-                } else {
-                    Err(format!("{ready} of {} Ready", want.len()))
-                }
-            },
-        )?;
-        Ok(began.elapsed())
-    }
-
     /// Calls `probe` every `interval` until it returns `Ok(Some(_))`, failing early when a
     /// component exits and with the last `Err` observation and log tails on timeout.
     pub fn poll<T>(
@@ -682,38 +522,6 @@ impl Drop for Cluster {
     }
 }
 
-/// A kwok node: annotated for kwok, labelled for the harness, tainted so that only pods that
-/// tolerate it are scheduled there; kwok fills in conditions, addresses and the lease.
-fn kwok_node(name: &str) -> serde_json::Value {
-    let resources = serde_json::json!({ "cpu": "32", "memory": "256Gi", "pods": "110" });
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {
-                KWOK_NODE_ANNOTATION: "fake",
-                "node.alpha.kubernetes.io/ttl": "0",
-            },
-            "labels": {
-                KWOK_NODE_LABEL: "true",
-                "type": "kwok",
-                "kubernetes.io/arch": "amd64",
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/role": "agent",
-            },
-        },
-        "spec": {
-            "taints": [{ "key": KWOK_NODE_TAINT, "value": "fake", "effect": "NoSchedule" }],
-        },
-        "status": {
-            "allocatable": resources,
-            "capacity": resources,
-        },
-    })
-}
-
 /// Picks `N` distinct free loopback ports. Each listener is held until all are picked, so no
 /// two components get the same port; another process can still take one before the component
 /// binds it, which shows up as that component exiting with "address already in use".
@@ -726,52 +534,6 @@ fn reserve_ports<const N: usize>() -> Result<[u16; N]> {
         listeners.push(listener);
     }
     Ok(ports)
-}
-
-fn run(mut command: Command, stdin: Option<&str>, program: &Path) -> Result<Output> {
-    use std::io::Write;
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(|source| Error::Spawn {
-        name: "kubectl".to_string(),
-        program: program.to_path_buf(),
-        source,
-    })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // Written from a thread: kubectl may fill its stdout pipe before reading all of stdin.
-        let input = input.to_string();
-        let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
-        let output = child.wait_with_output();
-        let written = writer.join();
-        let output = output.io_context("running kubectl", program)?;
-        if let Ok(Err(e)) = written
-            && output.status.success()
-        {
-            return Err(e).io_context("writing kubectl's stdin", program);
-        }
-        return Ok(output);
-    }
-    child
-        .wait_with_output()
-        .io_context("running kubectl", program)
-}
-
-fn checked(args: &[&str], output: Output) -> Result<String> {
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(Error::Kubectl {
-            args: args.join(" "),
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        })
-    }
 }
 
 /// Removes cluster directories left by test processes that no longer exist (killed with
@@ -802,17 +564,4 @@ fn remove_stale_dirs() {
             let _ = fs::remove_dir_all(&path);
         }
     }
-}
-
-/// Whether a process exists (for checks that teardown left nothing behind).
-pub fn process_exists(pid: u32) -> bool {
-    i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
-}
-
-/// Whether a loopback port can be bound (for checks that teardown freed it).
-pub fn port_is_free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
 }

@@ -1,0 +1,115 @@
+//! kubectl against the cluster, as the admin or another user: commands, output, JSON, CRDs.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use super::{Cluster, KUBECTL_REQUEST_TIMEOUT};
+use crate::error::{Error, IoContext, Result};
+use crate::pki::User;
+use crate::workspace_root;
+
+impl Cluster {
+    /// A kubectl command as the admin, against this cluster, not yet run.
+    pub fn kubectl_command(&self) -> Command {
+        self.kubectl_command_as(User::Admin)
+    }
+
+    /// A kubectl command as `user`, against this cluster, not yet run.
+    pub fn kubectl_command_as(&self, user: User) -> Command {
+        let mut command = Command::new(&self.binaries.kubectl);
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig(user).display()))
+            .arg(KUBECTL_REQUEST_TIMEOUT)
+            .env_remove("KUBECONFIG");
+        command
+    }
+
+    /// Runs kubectl as the admin with `stdin` (if any) and returns its output, whatever its
+    /// exit status: for tests that expect a command to fail.
+    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut command = self.kubectl_command();
+        command.args(args);
+        run(command, stdin, &self.binaries.kubectl)
+    }
+
+    /// Runs kubectl as the admin and returns its stdout; an error if it fails.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs kubectl as the admin with `stdin` and returns its stdout; an error if it fails.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let output = self.kubectl_output(args, stdin)?;
+        checked(args, output)
+    }
+
+    /// Runs kubectl as the admin and parses its stdout as JSON (pass `-o json`).
+    pub fn kubectl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.kubectl(args)?;
+        serde_json::from_str(&out).map_err(|source| Error::KubectlOutput {
+            args: args.join(" "),
+            source,
+        })
+    }
+
+    /// Applies `manifests/crds/` and waits until the CRDs are established.
+    pub fn apply_crds(&self) -> Result<()> {
+        let crds = workspace_root().join("manifests/crds");
+        let crds = crds.display().to_string();
+        self.kubectl(&["apply", "--server-side", "-f", &crds])?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            &crds,
+        ])?;
+        Ok(())
+    }
+}
+
+fn run(mut command: Command, stdin: Option<&str>, program: &Path) -> Result<Output> {
+    use std::io::Write;
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| Error::Spawn {
+        name: "kubectl".to_string(),
+        program: program.to_path_buf(),
+        source,
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // Written from a thread: kubectl may fill its stdout pipe before reading all of stdin.
+        let input = input.to_string();
+        let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+        let output = child.wait_with_output();
+        let written = writer.join();
+        let output = output.io_context("running kubectl", program)?;
+        if let Ok(Err(e)) = written
+            && output.status.success()
+        {
+            return Err(e).io_context("writing kubectl's stdin", program);
+        }
+        return Ok(output);
+    }
+    child
+        .wait_with_output()
+        .io_context("running kubectl", program)
+}
+
+fn checked(args: &[&str], output: Output) -> Result<String> {
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(Error::Kubectl {
+            args: args.join(" "),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}

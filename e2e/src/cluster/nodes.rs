@@ -1,0 +1,98 @@
+//! Nodes of the cluster: kwok nodes made on demand, and waiting for nodes to be Ready.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{Cluster, KWOK_NODE_ANNOTATION, KWOK_NODE_LABEL, KWOK_NODE_TAINT};
+use crate::error::Result;
+
+impl Cluster {
+    /// Creates `count` kwok nodes (named `kwok-node-<n>`, continuing the numbering across
+    /// calls) and returns their names. kwok must be running ([`Options::kwok`]) for them to
+    /// become Ready; see [`Cluster::wait_nodes_ready`].
+    pub fn add_kwok_nodes(&self, count: usize) -> Result<Vec<String>> {
+        let first = self.next_node.fetch_add(count, Ordering::SeqCst);
+        let names: Vec<String> = (first..first + count)
+            .map(|i| format!("kwok-node-{i:04}"))
+            .collect();
+        let items: Vec<serde_json::Value> = names.iter().map(|n| kwok_node(n)).collect();
+        let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items });
+        self.kubectl_stdin(
+            &["create", "-f", "-", "-o", "name"],
+            Some(&list.to_string()),
+        )?;
+        Ok(names)
+    }
+
+    /// Waits until every kwok node in `names` has condition Ready=True; returns how long it took.
+    pub fn wait_nodes_ready(&self, names: &[String], timeout: Duration) -> Result<Duration> {
+        let selector = format!("{KWOK_NODE_LABEL}=true");
+        self.wait_labelled_nodes_ready(names, &selector, timeout)
+    }
+
+    /// Waits until every node in `names` (among those matching `selector`) is Ready.
+    fn wait_labelled_nodes_ready(
+        &self,
+        names: &[String],
+        selector: &str,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let want: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let began = Instant::now();
+        let jsonpath = r#"jsonpath={range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
+        self.poll(
+            &format!("{} nodes ({selector}) becoming Ready", names.len()),
+            timeout,
+            Duration::from_millis(500),
+            || {
+                let out = self
+                    .kubectl(&["get", "nodes", "-l", selector, "-o", jsonpath])
+                    .map_err(|e| e.to_string())?;
+                let ready = out
+                    .lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .filter(|(name, status)| *status == "True" && want.contains(name))
+                    .count();
+                if ready == want.len() {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{ready} of {} Ready", want.len()))
+                }
+            },
+        )?;
+        Ok(began.elapsed())
+    }
+}
+
+/// A kwok node: annotated for kwok, labelled for the harness, tainted so that only pods that
+/// tolerate it are scheduled there; kwok fills in conditions, addresses and the lease.
+fn kwok_node(name: &str) -> serde_json::Value {
+    let resources = serde_json::json!({ "cpu": "32", "memory": "256Gi", "pods": "110" });
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                KWOK_NODE_ANNOTATION: "fake",
+                "node.alpha.kubernetes.io/ttl": "0",
+            },
+            "labels": {
+                KWOK_NODE_LABEL: "true",
+                "type": "kwok",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/role": "agent",
+            },
+        },
+        "spec": {
+            "taints": [{ "key": KWOK_NODE_TAINT, "value": "fake", "effect": "NoSchedule" }],
+        },
+        "status": {
+            "allocatable": resources,
+            "capacity": resources,
+        },
+    })
+}
