@@ -1,4 +1,4 @@
-//! `CheckpointRequest`: the one object users write (DESIGN.md §3).
+//! `CheckpointRequest`: the one object users write (`ARCHITECTURE.md` §3, "API").
 
 use std::collections::BTreeMap;
 
@@ -7,6 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::outcome::{ImageSummary, StepTimings};
 use crate::storage::StorageSpec;
 use crate::validation::{
     DNS1123_LABEL_MAX_LENGTH, DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_MAX_LENGTH,
@@ -321,28 +322,10 @@ pub struct CheckpointInfo {
     pub node: String,
     /// Image directory on that node (or on the PVC).
     pub location: String,
-    /// Bytes of the whole image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size_bytes: Option<i64>,
-    /// Bytes of host memory pages in the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_memory_bytes: Option<i64>,
-    /// Bytes of device memory in the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_memory_bytes: Option<i64>,
-    /// amd, nvidia, sim or none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_vendor: Option<GpuVendor>,
-    /// The GPUs whose state the image holds.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gpus: Vec<GpuInfo>,
-    /// SHA-256 (hex) of the image manifest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// The containers whose kubelet checkpoint archive the image holds (the Checkpoint task's
-    /// `archiveContainers`): the restored pod runs them from containerd checkpoint images.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub archive_containers: Vec<String>,
+    /// Its size, memory and digest, as the Checkpoint task reported them (flattened: the
+    /// fields sit beside `node` and `location`).
+    #[serde(flatten)]
+    pub image: ImageSummary,
 }
 
 /// One GPU in a checkpoint.
@@ -365,21 +348,9 @@ pub struct GpuInfo {
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = crate::schema::absent_not_null)]
 pub struct RequestTimings {
-    /// Checkpoint on the source node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_ms: Option<i64>,
-    /// Image transfer to the target node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transfer_ms: Option<i64>,
-    /// Restore on the target node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore_ms: Option<i64>,
-    /// Host memory part of the restore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_restore_ms: Option<i64>,
-    /// Device memory part of the restore (overlaps the host part in parallel mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_restore_ms: Option<i64>,
+    /// Checkpoint, transfer and restore, as the tasks reported them (flattened).
+    #[serde(flatten)]
+    pub steps: StepTimings,
     /// From the freeze of the source to the restored workload running again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<i64>,

@@ -14,6 +14,8 @@ pub mod crdgen;
 #[cfg(feature = "crd")]
 pub mod node_task;
 #[cfg(feature = "crd")]
+pub mod outcome;
+#[cfg(feature = "crd")]
 mod schema;
 #[cfg(feature = "crd")]
 pub mod storage;
@@ -28,6 +30,8 @@ pub use node_task::{
     ImageRef, NodeTask, NodeTaskSpec, NodeTaskStatus, PodReference, SecretKeyRef, TaskOperation,
     TaskOptions, TaskPhase, TaskResult, TaskTimings, TransferSource, TransferStats,
 };
+#[cfg(feature = "crd")]
+pub use outcome::{ImageSummary, StepTimings};
 #[cfg(feature = "crd")]
 pub use storage::{HostPathStorage, PvcStorage, StorageSpec};
 

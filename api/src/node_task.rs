@@ -1,5 +1,5 @@
-//! `NodeTask`: one step on one node (DESIGN.md §3). Internal: the operator creates it (owned
-//! by its CheckpointRequest) and writes its spec; the agent of `spec.nodeName` writes its
+//! `NodeTask`: one step on one node (`ARCHITECTURE.md` §3, "API"). Internal: the operator creates
+//! it (owned by its CheckpointRequest) and writes its spec; the agent of `spec.nodeName` writes its
 //! status.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
@@ -7,7 +7,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint_request::{GpuVendor, default_timeout_seconds, default_true};
+use crate::checkpoint_request::{default_timeout_seconds, default_true};
+use crate::outcome::{ImageSummary, StepTimings, describe};
 use crate::storage::StorageSpec;
 use crate::validation::{
     DNS1123_LABEL_MAX_LENGTH, DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_MAX_LENGTH,
@@ -283,69 +284,82 @@ impl NodeTask {
 /// The outcome of a task: sizes, timings and transfer numbers.
 #[derive(JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = crate::schema::absent_not_null)]
+#[schemars(transform = crate::schema::absent_not_null, transform = describe_task_result)]
 pub struct TaskResult {
-    /// Bytes of the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size_bytes: Option<i64>,
+    /// The image's size, memory, GPUs and digest (flattened: the fields sit beside `files`);
+    /// [`TASK_RESULT_DOCS`] describes them as a task sees them.
+    #[serde(flatten)]
+    pub image: ImageSummary,
     /// Files in the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<i64>,
-    /// SHA-256 (hex) of the image manifest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// amd, nvidia, sim or none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_vendor: Option<GpuVendor>,
-    /// Bytes of device memory checkpointed or restored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_memory_bytes: Option<i64>,
-    /// Bytes of host memory pages checkpointed or restored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_memory_bytes: Option<i64>,
     /// Step durations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings: Option<TaskTimings>,
     /// Restore with a `source`: the image pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferStats>,
-    /// Checkpoint through the kubelet: the containers whose checkpoint archive the image holds.
-    /// A restore of such an image goes through containerd (a checkpoint image per container,
-    /// named by `names::checkpoint_image::reference`), not through CRIU run by the agent.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub archive_containers: Vec<String>,
-    /// The GPUs whose memory the image holds (checkpoint) or the restore refilled (restore),
-    /// from the plugin's stats. The NVIDIA backend reports none: the driver does not say which
-    /// GPUs a process uses (the node's GPU UUIDs are in the image's `ferry-nvidia.json`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gpus: Vec<crate::GpuInfo>,
+}
+
+/// The NodeTask CRD's descriptions of [`ImageSummary`]'s fields: what a checkpoint (or a
+/// restore) reports, where the request's status describes the published image.
+const TASK_RESULT_DOCS: &[(&str, &str)] = &[
+    ("sizeBytes", "Bytes of the image."),
+    ("sha256", "SHA-256 (hex) of the image manifest."),
+    ("gpuVendor", "amd, nvidia, sim or none."),
+    (
+        "gpuMemoryBytes",
+        "Bytes of device memory checkpointed or restored.",
+    ),
+    (
+        "hostMemoryBytes",
+        "Bytes of host memory pages checkpointed or restored.",
+    ),
+    (
+        "archiveContainers",
+        "Checkpoint through the kubelet: the containers whose checkpoint archive the image holds.\n\
+         A restore of such an image goes through containerd (a checkpoint image per container,\n\
+         named by `names::checkpoint_image::reference`), not through CRIU run by the agent.",
+    ),
+    (
+        "gpus",
+        "The GPUs whose memory the image holds (checkpoint) or the restore refilled (restore),\n\
+         from the plugin's stats. The NVIDIA backend reports none: the driver does not say which\n\
+         GPUs a process uses (the node's GPU UUIDs are in the image's `ferry-nvidia.json`).",
+    ),
+];
+
+fn describe_task_result(schema: &mut schemars::Schema) {
+    describe(schema, TASK_RESULT_DOCS);
 }
 
 /// Step durations of a task, in milliseconds.
 #[derive(JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = crate::schema::absent_not_null)]
+#[schemars(transform = crate::schema::absent_not_null, transform = describe_task_timings)]
 pub struct TaskTimings {
-    /// Checkpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_ms: Option<i64>,
-    /// Image pull.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transfer_ms: Option<i64>,
-    /// Restore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore_ms: Option<i64>,
-    /// Host memory part of the restore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_restore_ms: Option<i64>,
-    /// Device memory part of the restore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_restore_ms: Option<i64>,
+    /// Checkpoint, image pull and restore (flattened); [`TASK_TIMINGS_DOCS`] describes them
+    /// as a task sees them.
+    #[serde(flatten)]
+    pub steps: StepTimings,
     /// Checkpoint: when the containers were frozen (microsecond precision).
     // The operator computes the migration's downtime from it, so it is a MicroTime: `Time`
     // keeps whole seconds only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_at: Option<MicroTime>,
+}
+
+/// The NodeTask CRD's descriptions of [`StepTimings`]' fields.
+const TASK_TIMINGS_DOCS: &[(&str, &str)] = &[
+    ("checkpointMs", "Checkpoint."),
+    ("transferMs", "Image pull."),
+    ("restoreMs", "Restore."),
+    ("hostRestoreMs", "Host memory part of the restore."),
+    ("gpuRestoreMs", "Device memory part of the restore."),
+];
+
+fn describe_task_timings(schema: &mut schemars::Schema) {
+    describe(schema, TASK_TIMINGS_DOCS);
 }
 
 /// An image pull.

@@ -11,9 +11,10 @@ use ferry_api::names::condition;
 use ferry_api::storage::DEFAULT_HOST_PATH;
 use ferry_api::{
     CheckpointInfo, CheckpointRequest, CheckpointRequestSpec, CheckpointRequestStatus, GpuInfo,
-    GpuOptions, GpuVendor, ImageRef, MigrateSpec, NodeTask, NodeTaskSpec, NodeTaskStatus,
-    PodReference, RequestPhase, RequestTimings, SecretKeyRef, StorageSpec, TaskOperation,
-    TaskOptions, TaskPhase, TaskResult, TaskTimings, TransferSource, TransferStats,
+    GpuOptions, GpuVendor, ImageRef, ImageSummary, MigrateSpec, NodeTask, NodeTaskSpec,
+    NodeTaskStatus, PodReference, RequestPhase, RequestTimings, SecretKeyRef, StepTimings,
+    StorageSpec, TaskOperation, TaskOptions, TaskPhase, TaskResult, TaskTimings, TransferSource,
+    TransferStats,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -157,24 +158,28 @@ fn full_request() -> CheckpointRequest {
         checkpoint: Some(CheckpointInfo {
             node: "gpu-node-1".into(),
             location: "/var/lib/ferry/checkpoints/ml/move-trainer".into(),
-            size_bytes: Some(10 << 30),
-            host_memory_bytes: Some(2 << 30),
-            gpu_memory_bytes: Some(8 << 30),
-            gpu_vendor: Some(GpuVendor::Amd),
-            gpus: vec![GpuInfo {
-                id: "0x1a2b".into(),
-                model: Some("MI300X".into()),
-                memory_bytes: Some(8 << 30),
-            }],
-            sha256: Some("ab".repeat(32)),
-            archive_containers: vec!["trainer".into()],
+            image: ImageSummary {
+                size_bytes: Some(10 << 30),
+                host_memory_bytes: Some(2 << 30),
+                gpu_memory_bytes: Some(8 << 30),
+                gpu_vendor: Some(GpuVendor::Amd),
+                gpus: vec![GpuInfo {
+                    id: "0x1a2b".into(),
+                    model: Some("MI300X".into()),
+                    memory_bytes: Some(8 << 30),
+                }],
+                sha256: Some("ab".repeat(32)),
+                archive_containers: vec!["trainer".into()],
+            },
         }),
         timings: Some(RequestTimings {
-            checkpoint_ms: Some(4_000),
-            transfer_ms: Some(9_000),
-            restore_ms: Some(6_000),
-            host_restore_ms: Some(5_000),
-            gpu_restore_ms: Some(5_500),
+            steps: StepTimings {
+                checkpoint_ms: Some(4_000),
+                transfer_ms: Some(9_000),
+                restore_ms: Some(6_000),
+                host_restore_ms: Some(5_000),
+                gpu_restore_ms: Some(5_500),
+            },
             downtime_ms: Some(19_500),
         }),
         start_time: Some(time("2026-01-02T03:00:00Z")),
@@ -372,18 +377,28 @@ fn full_task() -> NodeTask {
         start_time: Some(time("2026-01-02T03:03:00Z")),
         completion_time: Some(time("2026-01-02T03:04:05Z")),
         result: Some(TaskResult {
-            size_bytes: Some(10 << 30),
+            image: ImageSummary {
+                size_bytes: Some(10 << 30),
+                sha256: Some("cd".repeat(32)),
+                gpu_vendor: Some(GpuVendor::Nvidia),
+                gpu_memory_bytes: Some(8 << 30),
+                host_memory_bytes: Some(2 << 30),
+                archive_containers: Vec::new(),
+                gpus: vec![ferry_api::GpuInfo {
+                    id: "0x1a2b".into(),
+                    model: None,
+                    memory_bytes: Some(8 << 30),
+                }],
+            },
             files: Some(42),
-            sha256: Some("cd".repeat(32)),
-            gpu_vendor: Some(GpuVendor::Nvidia),
-            gpu_memory_bytes: Some(8 << 30),
-            host_memory_bytes: Some(2 << 30),
             timings: Some(TaskTimings {
-                checkpoint_ms: None,
-                transfer_ms: Some(9_000),
-                restore_ms: Some(6_000),
-                host_restore_ms: Some(5_000),
-                gpu_restore_ms: Some(5_500),
+                steps: StepTimings {
+                    checkpoint_ms: None,
+                    transfer_ms: Some(9_000),
+                    restore_ms: Some(6_000),
+                    host_restore_ms: Some(5_000),
+                    gpu_restore_ms: Some(5_500),
+                },
                 frozen_at: Some(MicroTime(
                     "2026-01-02T03:03:30.123456Z"
                         .parse()
@@ -394,12 +409,6 @@ fn full_task() -> NodeTask {
                 bytes: Some(10 << 30),
                 bytes_per_second: Some(1 << 30),
             }),
-            archive_containers: Vec::new(),
-            gpus: vec![ferry_api::GpuInfo {
-                id: "0x1a2b".into(),
-                model: None,
-                memory_bytes: Some(8 << 30),
-            }],
         }),
     });
     task

@@ -1,4 +1,5 @@
-// Test code: unwrap/expect are allowed in tests (STYLE.md); helpers outside #[test] need it said.
+// Test code: unwrap/expect are allowed in tests (the workspace lints deny them elsewhere);
+// helpers outside #[test] need it said.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 //! The operator's controller, started in-process as the `ferry-operator` user with only the
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 use ferry_api::names::{FINALIZER, condition, label, reason};
 use ferry_api::{CheckpointRequest, NodeTask, RequestPhase, TaskOperation};
 use ferry_e2e::{Cluster, Options, User};
-use ferry_operator::controller::{self, Config, tasks};
+use ferry_operator::controller::children::transfer_secret::TOKEN_KEY;
+use ferry_operator::controller::{self, Config};
 use ferry_operator::leader::{self, LeaseConfig};
 use ferry_operator::metrics::Metrics;
 use futures::FutureExt;
@@ -198,7 +200,7 @@ fn start_operator(env: &Env) -> JoinHandle<()> {
         let r = controller::run(
             client,
             config("test"),
-            Arc::new(Metrics::default()),
+            Arc::new(Metrics::new().unwrap()),
             std::future::pending(),
         )
         .await;
@@ -621,8 +623,8 @@ async fn a_checkpoint_succeeds_with_the_test_playing_the_agent(env: &Env, ns: &s
         "True"
     );
     assert_eq!(st.condition(condition::READY).unwrap().status, "True");
-    assert_eq!(st.checkpoint.as_ref().unwrap().size_bytes, Some(4096));
-    assert_eq!(st.timings.as_ref().unwrap().checkpoint_ms, Some(120));
+    assert_eq!(st.checkpoint.as_ref().unwrap().image.size_bytes, Some(4096));
+    assert_eq!(st.timings.as_ref().unwrap().steps.checkpoint_ms, Some(120));
     assert_eq!(st.observed_generation, r.metadata.generation);
     assert!(st.start_time.is_some() && st.completion_time.is_some());
     event_with_reason(env, ns, "r", "Checkpointing").await;
@@ -648,7 +650,7 @@ async fn migrate_to_restoring(env: &Env, ns: &str, name: &str) -> String {
     );
     let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), ns);
     let secret = secrets.get(&source.token_secret_ref.name).await.unwrap();
-    assert!(secret.data.unwrap().contains_key(tasks::TOKEN_KEY));
+    assert!(secret.data.unwrap().contains_key(TOKEN_KEY));
     // The source agent checks the token against these: until when, and for which image.
     let notes = secret.metadata.annotations.unwrap();
     let expires: jiff::Timestamp = notes[ferry_api::names::annotation::TOKEN_EXPIRES_AT]
@@ -696,8 +698,8 @@ async fn a_migration_succeeds_and_deletes_the_source_with_the_test_playing_the_a
         assert_eq!(st.condition(c).unwrap().status, "True", "{c}");
     }
     let t = st.timings.unwrap();
-    assert_eq!(t.transfer_ms, Some(300));
-    assert_eq!(t.restore_ms, Some(200));
+    assert_eq!(t.steps.transfer_ms, Some(300));
+    assert_eq!(t.steps.restore_ms, Some(200));
     assert!(t.downtime_ms.unwrap() >= 1500, "{t:?}");
     assert_eq!(st.restored_pod_name.as_deref(), Some(restored.as_str()));
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), ns);
@@ -908,7 +910,7 @@ async fn two_replicas_fail_over_without_a_duplicated_node_task(env: &Env, ns: &s
                     controller::run(
                         lead_client,
                         config(id),
-                        Arc::new(Metrics::default()),
+                        Arc::new(Metrics::new().unwrap()),
                         stop.wait(),
                     )
                 },

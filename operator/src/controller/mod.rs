@@ -1,10 +1,18 @@
-//! The CheckpointRequest controller: wiring ([`run`]), the shared [`Context`], the
-//! reconcile entry point (finalizer dispatch) and the error policy.
+//! The CheckpointRequest controller: wiring ([`run`]), the reconcile entry point (finalizer
+//! dispatch) and the error policy.
+//!
+//! Its layers, each a folder or file that uses only those after it:
+//! * [`request`]: the state machine, one module per phase (I/O shell around pure decisions).
+//! * [`children`]: the objects a request creates (NodeTasks, token Secret, restored pod).
+//! * [`placement`]: where a migration may go (node selection, node affinity).
+//! * [`context`]: the settings and the caches every reconcile gets.
 
-pub mod node_affinity;
-pub mod node_select;
+pub mod children;
+pub mod context;
+pub mod placement;
 pub mod request;
-pub mod tasks;
+
+pub use context::{Config, Context};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,61 +26,13 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{Instrument, info, instrument, warn};
 
 use crate::metrics::Metrics;
 use crate::{Error, Result};
-
-/// The operator's settings.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Namespace of the agents' Leases (see [`crate::agents`]).
-    pub agent_namespace: String,
-    /// How often an active request is looked at without a watch event.
-    pub active_requeue: Duration,
-    /// How long deletion waits for the agents to delete images before giving up on them.
-    pub cleanup_timeout: Duration,
-    /// The Event reporter instance (the pod name).
-    pub instance: String,
-    /// Reconciles at once (0: unbounded). Bounded, a burst of requests queues in the
-    /// operator instead of as concurrent calls in the API server, which keeps each
-    /// reconcile's round trips short.
-    pub concurrency: u16,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            agent_namespace: "ferry-system".to_string(),
-            active_requeue: Duration::from_secs(10),
-            cleanup_timeout: Duration::from_secs(60),
-            instance: "ferry-operator".to_string(),
-            concurrency: 16,
-        }
-    }
-}
-
-/// What every reconcile gets.
-#[derive(Clone)]
-pub struct Context {
-    /// The API client.
-    pub client: Client,
-    /// Publishes Events on requests.
-    pub recorder: Recorder,
-    /// The operator's metrics.
-    pub metrics: Arc<Metrics>,
-    /// Settings.
-    pub config: Config,
-    /// The controller's cache of requests (for the one-request-per-pod rule).
-    pub requests: Store<CheckpointRequest>,
-    /// Every node.
-    pub nodes: Store<Node>,
-    /// The Leases in the agents' namespace.
-    pub leases: Store<Lease>,
-}
 
 /// Runs the controller until `shutdown` completes (or a watch fails for good).
 pub async fn run(
@@ -165,7 +125,7 @@ pub async fn run(
 }
 
 /// Reconciles one request: adds the finalizer, then [`request::apply`] or, while it is
-/// being deleted, [`request::cleanup`].
+/// being deleted, [`request::cleanup`](request::cleanup::cleanup).
 #[instrument(skip(req, ctx), fields(checkpoint = %req.name_any(), namespace = req.namespace().unwrap_or_default()))]
 pub async fn reconcile(req: Arc<CheckpointRequest>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer();
@@ -177,7 +137,7 @@ pub async fn reconcile(req: Arc<CheckpointRequest>, ctx: Arc<Context>) -> Result
         async {
             match event {
                 Finalizer::Apply(r) => request::apply(r, &ctx).await,
-                Finalizer::Cleanup(r) => request::cleanup(r, &ctx).await,
+                Finalizer::Cleanup(r) => request::cleanup::cleanup(r, &ctx).await,
             }
         }
         .in_current_span()

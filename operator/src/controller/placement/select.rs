@@ -4,115 +4,19 @@
 //!
 //! A node is a candidate when it is Ready, schedulable (not cordoned), not the source node,
 //! matches the request's `nodeSelector` and the pod's own `spec.nodeSelector` and required node
-//! affinity (pins to the source node dropped, [`super::node_affinity`]), carries no
+//! affinity (pins to the source node dropped, [`super::affinity`]), carries no
 //! `NoSchedule`/`NoExecute` taint the pod does not tolerate, runs a ready ferry agent, and, for
 //! a pod that requests GPUs, has at least as many free GPUs of the same vendor resource
 //! (`amd.com/gpu`, `nvidia.com/gpu`) and, where both nodes carry a GPU product label, the same
 //! product. Among candidates the one with the most free GPUs wins, then the smallest name.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelector, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::Node;
 
-use super::node_affinity;
-
-/// The extended resources of the GPU vendors ferry supports.
-pub const GPU_RESOURCES: [&str; 2] = ["amd.com/gpu", "nvidia.com/gpu"];
-
-/// Node labels naming the GPU product, by vendor resource (AMD's node labeller, NVIDIA's GPU
-/// feature discovery).
-pub fn product_label(resource: &str) -> Option<&'static str> {
-    match resource {
-        "amd.com/gpu" => Some("amd.com/gpu.product-name"),
-        "nvidia.com/gpu" => Some("nvidia.com/gpu.product"),
-        _ => None,
-    }
-}
-
-/// What the restored pod needs from its node.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Needs {
-    /// The node the pod runs on now (never a target).
-    pub source_node: String,
-    /// Labels the node must carry: the request's `nodeSelector` and the pod's own.
-    pub node_selector: BTreeMap<String, String>,
-    /// The pod's required node affinity, without pins to the source node.
-    pub node_affinity: Option<NodeSelector>,
-    /// The pod's tolerations.
-    pub tolerations: Vec<Toleration>,
-    /// The GPU resource and count the pod requests, if any.
-    pub gpu: Option<(String, i64)>,
-    /// The GPU product label (key, value) of the source node, if it carries one.
-    pub product: Option<(String, String)>,
-}
-
-impl Needs {
-    /// The needs of `pod`, running on `source` (if that node is known), narrowed by the
-    /// request's `selector`.
-    pub fn of_pod(pod: &Pod, source: Option<&Node>, selector: &BTreeMap<String, String>) -> Self {
-        let spec = pod.spec.as_ref();
-        let mut node_selector = spec
-            .and_then(|s| s.node_selector.clone())
-            .unwrap_or_default();
-        node_affinity::strip_selector_pins(&mut node_selector);
-        node_selector.extend(selector.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let mut affinity = spec.and_then(|s| s.affinity.clone());
-        node_affinity::strip_affinity_pins(&mut affinity);
-        let node_affinity = affinity
-            .and_then(|a| a.node_affinity)
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution);
-        let gpu = gpu_request(pod);
-        let product = gpu.as_ref().and_then(|(resource, _)| {
-            let key = product_label(resource)?;
-            let value = source?.metadata.labels.as_ref()?.get(key)?;
-            Some((key.to_string(), value.clone()))
-        });
-        Needs {
-            source_node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-            node_selector,
-            node_affinity,
-            tolerations: spec.and_then(|s| s.tolerations.clone()).unwrap_or_default(),
-            gpu,
-            product,
-        }
-    }
-}
-
-/// The GPU vendor resource and count a pod requests: the sum over its containers (limits
-/// where requests are absent, as the API server defaults extended resources), or the largest
-/// init container's if that is more.
-pub fn gpu_request(pod: &Pod) -> Option<(String, i64)> {
-    let spec = pod.spec.as_ref()?;
-    for resource in GPU_RESOURCES {
-        let of = |c: &k8s_openapi::api::core::v1::Container| -> i64 {
-            let r = c.resources.as_ref();
-            r.and_then(|r| r.requests.as_ref()?.get(resource))
-                .or_else(|| r.and_then(|r| r.limits.as_ref()?.get(resource)))
-                .map(|q| parse_count(&q.0))
-                .unwrap_or(0)
-        };
-        let sum: i64 = spec.containers.iter().map(of).sum();
-        let init = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .map(of)
-            .max()
-            .unwrap_or(0);
-        let count = sum.max(init);
-        if count > 0 {
-            return Some((resource.to_string(), count));
-        }
-    }
-    None
-}
-
-/// A device count from a resource quantity ("8"; anything else counts as 0: device plugins
-/// only advertise whole devices).
-pub fn parse_count(quantity: &str) -> i64 {
-    quantity.trim().parse().unwrap_or(0)
-}
+use super::affinity;
+use super::needs::{Needs, parse_count};
+use super::node_state::{is_cordoned, is_ready, tolerates};
 
 /// A node and what the operator knows about it beyond the Node object.
 #[derive(Clone, Copy, Debug)]
@@ -322,52 +226,18 @@ pub fn fits_constraints(needs: &Needs, node: &Node) -> Result<(), Rejection> {
         }
     }
     if let Some(required) = &needs.node_affinity {
-        node_affinity::matches(required, node).map_err(Rejection::Affinity)?;
+        affinity::matches(required, node).map_err(Rejection::Affinity)?;
     }
     Ok(())
-}
-
-/// Whether the node's Ready condition is True.
-pub fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-/// Whether the node is cordoned.
-pub fn is_cordoned(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false)
-}
-
-/// Kubernetes' toleration matching (`v1.Toleration.ToleratesTaint`).
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = t.effect.as_deref()
-        && !effect.is_empty()
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    let exists = t.operator.as_deref() == Some("Exists");
-    if key.is_empty() {
-        return exists;
-    }
-    if key != taint.key {
-        return false;
-    }
-    exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus};
+    use std::collections::BTreeMap;
+
+    use crate::controller::placement::needs::gpu_request;
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, Pod, Taint, Toleration};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use kube::api::ObjectMeta;
 
