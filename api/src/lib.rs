@@ -8,6 +8,8 @@ pub mod stats;
 pub mod validation;
 
 #[cfg(feature = "crd")]
+pub mod agent_lease;
+#[cfg(feature = "crd")]
 pub mod checkpoint_request;
 #[cfg(feature = "crd")]
 pub mod crdgen;

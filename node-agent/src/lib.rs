@@ -3,11 +3,13 @@
 //!
 //! The binary (`src/main.rs`) wires these together; each module is one idea.
 
+pub mod cluster;
 pub mod executor;
-pub mod grants;
 pub mod intake;
-pub mod lease;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod transfer;
+
+/// Old path of [`cluster::grants`], kept until `executor` imports it from there.
+pub use cluster::grants;

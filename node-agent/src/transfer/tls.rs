@@ -29,7 +29,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme}
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Result, TransferError, io_err};
+use super::error::{Result, TransferError, io_err};
 use crate::store::hex;
 
 /// Subdirectory of the agent's state directory holding its certificate and key.

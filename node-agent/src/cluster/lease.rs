@@ -1,19 +1,20 @@
-//! Agent readiness (operator/README.md, "Agent readiness"): the agent holds the Lease
-//! `ferry-agent-<node>` in the agents' namespace and renews it; its annotations tell the
-//! operator where the transfer server listens and which certificate it serves, which the
-//! operator copies into Restore tasks so the pulling agent pins it.
+//! Agent readiness: the agent holds the Lease `ferry-agent-<node>` in the agents' namespace
+//! and renews it; its annotations tell the operator where the transfer server listens and
+//! which certificate it serves, which the operator copies into Restore tasks so the pulling
+//! agent pins it. The protocol (names, body, ready rule, endpoint format) is
+//! [`ferry_api::agent_lease`]; this module applies it.
 
-use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_api::names::{agent, annotation, field_manager};
+use ferry_api::agent_lease;
+use ferry_api::names::field_manager;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -36,30 +37,28 @@ pub struct LeaseConfig {
 
 /// The Lease as this agent applies it.
 pub fn lease_body(config: &LeaseConfig, now: Timestamp) -> serde_json::Value {
-    let annotations = BTreeMap::from([
-        (
-            annotation::TRANSFER_ENDPOINT,
-            config.transfer_endpoint.as_str(),
-        ),
-        (
-            annotation::TRANSFER_CERT_SHA256,
-            config.cert_sha256.as_str(),
-        ),
-    ]);
-    json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": agent::lease_name(&config.node),
-            "namespace": config.namespace,
-            "annotations": annotations,
-        },
-        "spec": {
-            "holderIdentity": config.node,
-            "leaseDurationSeconds": config.duration.as_secs().max(1),
-            "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-        },
-    })
+    agent_lease::apply_body(
+        &config.namespace,
+        &config.node,
+        &config.transfer_endpoint,
+        &config.cert_sha256,
+        config.duration.as_secs(),
+        now,
+    )
+}
+
+/// The URL other agents pull from, published on the Lease: `advertise` if given, else the
+/// node's IP (`NODE_IP`) with the transfer server's port, else the address it listens on.
+pub fn advertise_url(
+    advertise: Option<&str>,
+    node_ip: Option<&str>,
+    listening: SocketAddr,
+) -> String {
+    match (advertise, node_ip) {
+        (Some(url), _) => url.to_string(),
+        (None, Some(ip)) => agent_lease::endpoint_url(ip, listening.port()),
+        (None, None) => format!("https://{listening}"),
+    }
 }
 
 /// Renews the Lease until `shutdown` turns true. `ready` follows whether the Lease is valid:
@@ -71,7 +70,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let name = agent::lease_name(&config.node);
+    let name = agent_lease::lease_name(&config.node);
     let params = PatchParams::apply(&field_manager::agent(&config.node)).force();
     let mut last_renewal: Option<Instant> = None;
     loop {
@@ -124,12 +123,31 @@ mod tests {
         let body = lease_body(&config, Timestamp::UNIX_EPOCH);
         assert_eq!(body["metadata"]["name"], "ferry-agent-node-a");
         assert_eq!(
-            body["metadata"]["annotations"][annotation::TRANSFER_ENDPOINT],
+            body["metadata"]["annotations"][agent_lease::TRANSFER_ENDPOINT],
             "https://10.0.0.7:9443"
         );
         assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
         assert_eq!(body["spec"]["renewTime"], "1970-01-01T00:00:00.000000Z");
         let lease: Lease = serde_json::from_value(body).unwrap();
         assert!(lease.spec.unwrap().renew_time.is_some());
+    }
+
+    #[test]
+    fn the_advertised_url_brackets_an_ipv6_node_ip() {
+        let listening: SocketAddr = "0.0.0.0:9443".parse().unwrap();
+        assert_eq!(
+            advertise_url(Some("https://x:1"), Some("10.0.0.7"), listening),
+            "https://x:1"
+        );
+        assert_eq!(
+            advertise_url(None, Some("10.0.0.7"), listening),
+            "https://10.0.0.7:9443"
+        );
+        assert_eq!(
+            advertise_url(None, Some("fd00::7"), listening),
+            "https://[fd00::7]:9443"
+        );
+        let v6: SocketAddr = "[::1]:9443".parse().unwrap();
+        assert_eq!(advertise_url(None, None, v6), "https://[::1]:9443");
     }
 }
