@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_agent::runtime::containerd::ContainerdCheckpointImage;
+
 use crate::binaries::{NodeBinaries, PAUSE_IMAGE};
 use crate::error::{Error, IoContext, Result};
 use crate::pki::Pki;
@@ -745,119 +747,27 @@ pub const CHECKPOINT_ANNOTATION: &str = "org.criu.checkpoint.container.name";
 /// [`CHECKPOINT_ANNOTATION`] set to `container`, named `reference`. Imported into a node's
 /// containerd ([`RealNode::import_image`]), a pod whose container uses `reference` as its image
 /// is restored from the checkpoint instead of started (containerd 2.1 to 2.3, with
-/// `enable_experimental_restore_via_create`).
+/// `enable_experimental_restore_via_create`). The image is the one the agent's containerd
+/// restore builds ([`ContainerdCheckpointImage`]).
 pub fn checkpoint_image(
     archive: &Path,
     reference: &str,
     container: &str,
     out: &Path,
 ) -> Result<()> {
-    let layout = tempfile::Builder::new()
-        .prefix("ferry-checkpoint-image-")
-        .tempdir()
-        .io_context(
-            "creating a checkpoint image directory",
-            std::env::temp_dir(),
-        )?;
-    let blobs = layout.path().join("blobs/sha256");
-    fs::create_dir_all(&blobs).io_context("creating a checkpoint image directory", &blobs)?;
-    let layer_tmp = layout.path().join("layer");
-    fs::copy(archive, &layer_tmp).io_context("copying a checkpoint archive", archive)?;
-    let layer = add_blob(&blobs, &layer_tmp)?;
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {},
-        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", layer.0)] },
-    });
-    let config = add_json_blob(&blobs, &config)?;
-    let annotations = serde_json::json!({ CHECKPOINT_ANNOTATION: container });
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": format!("sha256:{}", config.0),
-            "size": config.1,
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": format!("sha256:{}", layer.0),
-            "size": layer.1,
-        }],
-        "annotations": annotations,
-    });
-    let manifest = add_json_blob(&blobs, &manifest)?;
-    let tag = reference.rsplit_once(':').map_or("latest", |(_, tag)| tag);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{}", manifest.0),
-            "size": manifest.1,
-            "platform": { "architecture": "amd64", "os": "linux" },
-            "annotations": {
-                "io.containerd.image.name": reference,
-                "org.opencontainers.image.ref.name": tag,
-                CHECKPOINT_ANNOTATION: container,
-            },
-        }],
-    });
-    write(&layout.path().join("index.json"), &index.to_string())?;
-    write(
-        &layout.path().join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )?;
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(layout.path())
-        .arg("-cf")
-        .arg(out)
-        .args(["oci-layout", "index.json", "blobs"])
-        .stdin(Stdio::null())
-        .status()
-        .io_context("running tar", out)?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Node {
-            node: "-".to_string(),
-            what: format!("tar exited with {status} writing {}", out.display()),
-        })
+    ContainerdCheckpointImage {
+        reference: reference.to_string(),
+        container: container.to_string(),
     }
+    .write_archive(archive, out, CHECKPOINT_IMAGE_LIMIT)
+    .map_err(|e| Error::Node {
+        node: "-".to_string(),
+        what: format!("writing the checkpoint image {}: {e}", out.display()),
+    })
 }
 
-/// Moves `file` into the blob directory under its sha256 (from `sha256sum`, which every
-/// machine the harness runs on has); returns the digest and size.
-fn add_blob(blobs: &Path, file: &Path) -> Result<(String, u64)> {
-    let output = Command::new("sha256sum")
-        .arg(file)
-        .stdin(Stdio::null())
-        .output()
-        .io_context("running sha256sum", file)?;
-    let digest = String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()
-        .filter(|d| output.status.success() && d.len() == 64)
-        .map(str::to_string)
-        .ok_or_else(|| Error::Node {
-            node: "-".to_string(),
-            what: format!("sha256sum {} failed: {output:?}", file.display()),
-        })?;
-    let size = fs::metadata(file)
-        .io_context("reading a blob's size", file)?
-        .len();
-    let target = blobs.join(&digest);
-    fs::rename(file, &target).io_context("storing a blob", &target)?;
-    Ok((digest, size))
-}
-
-fn add_json_blob(blobs: &Path, value: &serde_json::Value) -> Result<(String, u64)> {
-    let tmp = blobs.join("tmp.json");
-    write(&tmp, &value.to_string())?;
-    add_blob(blobs, &tmp)
-}
+/// How long packing a checkpoint image may take (a test's archive is MiBs).
+const CHECKPOINT_IMAGE_LIMIT: Duration = Duration::from_secs(600);
 
 /// Removes the sockets of the shims a containerd with state directory `state` started: they
 /// live in containerd's fixed `/run/containerd/s/`, and each task's bundle records its shim's
@@ -1090,7 +1000,7 @@ fn kill_all(pids: &[u32]) {
     }
     // Give the kernel a moment to reap them, so their cgroups can be removed.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && pids.iter().any(|p| crate::cluster::process_exists(*p)) {
+    while Instant::now() < deadline && pids.iter().any(|p| crate::process::process_exists(*p)) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }

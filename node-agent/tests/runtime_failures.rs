@@ -7,10 +7,11 @@ mod runtime_common;
 
 use std::process::{Command, Stdio};
 
-use ferry_agent::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
-use ferry_agent::criu::{Criu, RuntimeError};
-use ferry_agent::process_tree::ProcessTree;
-use ferry_agent::restore::{RestoreJob, RestoreTarget, Restorer};
+use ferry_agent::runtime::RuntimeError;
+use ferry_agent::runtime::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
+use ferry_agent::runtime::criu::Criu;
+use ferry_agent::runtime::process_tree::ProcessTree;
+use ferry_agent::runtime::restore::{RestoreJob, RestoreTarget, Restorer};
 use ferry_agent::store::{ImageSource, Store};
 use runtime_common::*;
 

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_agent::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
-use ferry_agent::criu::RuntimeError;
-use ferry_agent::kubelet::KubeletApi;
+use ferry_agent::runtime::RuntimeError;
+use ferry_agent::runtime::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
+use ferry_agent::runtime::kubelet::KubeletApi;
 use ferry_agent::store::{ImageKind, ImageSource, Store};
 use ferry_api::stats::{GpuVendor, Operation, PluginStats};
 use http_body_util::Full;
@@ -259,9 +259,12 @@ fn stand_in_kubelet_checkpoint_api_archives_move_into_the_image() {
     let manifest_vendor = manifest.meta.gpu_vendor;
     let image = staging.publish(&manifest).unwrap();
     assert_eq!(
-        ferry_agent::kubelet::archive_member(&image.dir.join("app.tar"), "checkpoint/pages-1.img")
-            .unwrap()
-            .as_deref(),
+        ferry_agent::runtime::kubelet::archive_member(
+            &image.dir.join("app.tar"),
+            "checkpoint/pages-1.img"
+        )
+        .unwrap()
+        .as_deref(),
         Some(&b"app"[..])
     );
     // ferry's dump stats, read from the archive, give the image its GPU vendor.

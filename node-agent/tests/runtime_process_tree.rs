@@ -8,10 +8,10 @@ mod runtime_common;
 
 use std::time::Duration;
 
-use ferry_agent::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
-use ferry_agent::criu::Criu;
-use ferry_agent::process_tree::ProcessTree;
-use ferry_agent::restore::{RestoreJob, Restorer};
+use ferry_agent::runtime::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
+use ferry_agent::runtime::criu::Criu;
+use ferry_agent::runtime::process_tree::ProcessTree;
+use ferry_agent::runtime::restore::{RestoreJob, Restorer};
 use ferry_agent::store::{ImageKind, ImageSource, Store};
 use ferry_api::stats::{Operation, RestoreMode};
 use runtime_common::*;

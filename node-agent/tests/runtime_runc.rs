@@ -8,10 +8,10 @@ mod runtime_common;
 
 use std::time::Duration;
 
-use ferry_agent::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
-use ferry_agent::criu::Criu;
-use ferry_agent::restore::{RestoreJob, RestoreTarget, Restorer};
-use ferry_agent::runc::Runc;
+use ferry_agent::runtime::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
+use ferry_agent::runtime::criu::Criu;
+use ferry_agent::runtime::restore::{RestoreJob, RestoreTarget, Restorer};
+use ferry_agent::runtime::runc::Runc;
 use ferry_agent::store::{Image, ImageSource, Store};
 use runtime_common::*;
 
@@ -195,11 +195,11 @@ fn ferry_s_plugin_runs_under_runc_through_the_org_criu_config_annotation() {
     // A CRIU config file with ferry's plugin dir, named by the container's annotation.
     let libdir = plugin_libdir(s.tmp.path());
     let conf = s.tmp.path().join("criu.conf");
-    std::fs::write(&conf, ferry_agent::runc::criu_config(&libdir)).unwrap();
+    std::fs::write(&conf, ferry_agent::runtime::runc::criu_config(&libdir)).unwrap();
     let spec_path = s.bundle.join("config.json");
     let mut spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
-    spec["annotations"][ferry_agent::runc::CRIU_CONFIG_ANNOTATION] =
+    spec["annotations"][ferry_agent::runtime::runc::CRIU_CONFIG_ANNOTATION] =
         conf.display().to_string().into();
     std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
 

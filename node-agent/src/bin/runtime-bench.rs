@@ -1,4 +1,4 @@
-//! runtime-bench: the agent's runc checkpoint + restore (through `ferry_agent::runc::Runc`,
+//! runtime-bench: the agent's runc checkpoint + restore (through `ferry_agent::runtime::runc::Runc`,
 //! into the image store, restore from a restore directory) against the same `runc
 //! checkpoint` / `runc restore` commands run by hand, on the same busybox container, side by
 //! side in one run (order alternating per run). Prints a markdown table and, with `--json`,
@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use ferry_agent::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
-use ferry_agent::criu::Criu;
-use ferry_agent::restore::{RestoreJob, RestoreTarget, Restorer};
-use ferry_agent::runc::{RUNC_PIDFILE, Runc};
+use ferry_agent::runtime::checkpoint::{CheckpointJob, Checkpointer, ContainerTarget};
+use ferry_agent::runtime::criu::Criu;
+use ferry_agent::runtime::layout::RUNC_PIDFILE;
+use ferry_agent::runtime::restore::{RestoreJob, RestoreTarget, Restorer};
+use ferry_agent::runtime::runc::Runc;
 use ferry_agent::store::{ImageSource, Store};
 use serde::Serialize;
 
@@ -31,10 +32,10 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// runc binary.
-    #[arg(long, default_value = ferry_agent::runc::DEFAULT_RUNC)]
+    #[arg(long, default_value = ferry_agent::runtime::runc::DEFAULT_RUNC)]
     runc: PathBuf,
     /// CRIU binary.
-    #[arg(long, default_value = ferry_agent::criu::DEFAULT_CRIU)]
+    #[arg(long, default_value = ferry_agent::runtime::criu::DEFAULT_CRIU)]
     criu: PathBuf,
     /// busybox (static) for the container's rootfs.
     #[arg(long, default_value = "/usr/bin/busybox")]
@@ -343,7 +344,7 @@ fn main() -> Result<()> {
     println!("| side | checkpoint s | restore s | total s |");
     println!("|---|---|---|---|");
     for (name, v) in [
-        ("agent (ferry_agent::runc::Runc)", &report.agent),
+        ("agent (ferry_agent::runtime::runc::Runc)", &report.agent),
         ("runc by hand", &report.by_hand),
     ] {
         println!(

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ferry_agent::criu::RuntimeError;
+use ferry_agent::runtime::RuntimeError;
 use ferry_agent::store::{Image, Store};
 
 pub const CRIU: &str = "/usr/local/sbin/criu";

@@ -1,13 +1,13 @@
-//! Checkpointing, three paths behind one trait (DESIGN.md §4):
-//! - [`crate::kubelet::KubeletApi`]: the kubelet's checkpoint API (KEP-2008), an archive;
-//! - [`crate::runc::Runc`]: `runc checkpoint` on the runtime's containers (GPU pods, runtimes
-//!   without the kubelet API);
-//! - [`crate::process_tree::ProcessTree`]: CRIU on a process tree (demo, tests).
+//! Checkpointing, three paths behind one trait (see `docs/node-agent-runtimes.md`):
+//! - [`crate::runtime::kubelet::KubeletApi`]: the kubelet's checkpoint API (KEP-2008), an
+//!   archive;
+//! - [`crate::runtime::runc::Runc`]: `runc checkpoint` on the runtime's containers (GPU pods,
+//!   runtimes without the kubelet API);
+//! - [`crate::runtime::process_tree::ProcessTree`]: CRIU on a process tree (demo, tests).
 //!
 //! A checkpointer writes into a [`Staging`] and returns the image's [`ImageMeta`]; the caller
 //! builds the manifest and publishes (or discards: the staged CRIU log is then still there to
-//! read until it does). Calls are synchronous: the NodeTask worker runs them on a blocking
-//! thread.
+//! read until it does). Calls are synchronous: the executor runs them on a blocking thread.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use ferry_api::stats::PluginStats;
 use jiff::Timestamp;
 
-use crate::criu::{DEFAULT_TIMEOUT, Result};
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::exec::DEFAULT_TIMEOUT;
+use crate::runtime::plugin::merge_stats;
 use crate::store::{ImageKind, ImageMeta, ImageSource, Staging};
 
 /// One container (or process tree) to checkpoint. `name` is the container's name in the pod:
@@ -55,7 +57,7 @@ impl ContainerTarget {
     }
 }
 
-/// A checkpoint request as the NodeTask worker hands it over.
+/// A checkpoint request as the executor hands it over.
 #[derive(Clone, Debug)]
 pub struct CheckpointJob {
     /// Node, namespace and pod (goes into the image's metadata).
@@ -83,7 +85,6 @@ impl CheckpointJob {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        use crate::criu::RuntimeError;
         if self.containers.is_empty() {
             return Err(RuntimeError::Invalid("no containers to checkpoint".into()));
         }
@@ -161,8 +162,7 @@ impl CheckpointOutcome {
         start: Instant,
         still_running: bool,
     ) -> Self {
-        let plugin_stats =
-            crate::criu::merge_stats(containers.iter().filter_map(|c| c.plugin_stats.clone()));
+        let plugin_stats = merge_stats(containers.iter().filter_map(|c| c.plugin_stats.clone()));
         let mut meta = ImageMeta::new(kind, job.source_with_containers());
         meta.criu_version = criu_version;
         meta.gpu_vendor = plugin_stats.as_ref().map(|s| s.vendor);

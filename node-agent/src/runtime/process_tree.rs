@@ -1,16 +1,21 @@
 //! Path (c): CRIU directly on process trees (the demo and the tests; also any workload the
 //! agent can see by pid). One subdirectory per tree: `<image>/<name>/`.
 
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use ferry_api::stats::{DUMP_STATS_FILE, RESTORE_STATS_FILE};
 
-use crate::checkpoint::{
+use crate::runtime::checkpoint::{
     CheckpointJob, CheckpointOutcome, Checkpointer, ContainerCheckpoint, ContainerTarget,
 };
-use crate::criu::{Criu, DumpArgs, RestoreArgs, Result, RuntimeError};
-use crate::restore::{RestoreJob, RestoreOutcome, RestoreTarget, Restored, Restorer};
+use crate::runtime::criu::{Criu, DumpArgs, RestoreArgs, VersionCache};
+use crate::runtime::criu_log;
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::layout::restore_dir;
+use crate::runtime::plugin::read_plugin_stats;
+use crate::runtime::restore::{
+    RestoreJob, RestoreOutcome, RestoreTarget, Restored, Restorer, container_dir, targets,
+};
 use crate::store::{Image, ImageKind, Staging};
 
 /// CRIU on process trees.
@@ -18,7 +23,7 @@ use crate::store::{Image, ImageKind, Staging};
 pub struct ProcessTree {
     /// The CRIU binary and plugin dir.
     pub criu: Criu,
-    version: OnceLock<Option<String>>,
+    version: VersionCache,
 }
 
 impl ProcessTree {
@@ -26,25 +31,14 @@ impl ProcessTree {
     pub fn new(criu: Criu) -> Self {
         ProcessTree {
             criu,
-            version: OnceLock::new(),
+            version: VersionCache::default(),
         }
     }
 
     /// `criu --version`, asked once.
     pub(crate) fn criu_version(&self) -> Option<String> {
-        criu_version_cached(&self.criu, &self.version)
+        self.version.get(&self.criu)
     }
-}
-
-pub(crate) fn criu_version_cached(criu: &Criu, cell: &OnceLock<Option<String>>) -> Option<String> {
-    cell.get_or_init(|| match criu.version() {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(error = %e, "criu --version failed; image will not record it");
-            None
-        }
-    })
-    .clone()
 }
 
 impl Checkpointer for ProcessTree {
@@ -74,8 +68,8 @@ impl Checkpointer for ProcessTree {
                 },
                 &job.env,
             )?;
-            frozen_at.get_or_insert_with(|| crate::criu::frozen_at(run.started_at, &run.log));
-            let plugin_stats = crate::criu::read_plugin_stats(&dir, DUMP_STATS_FILE)?;
+            frozen_at.get_or_insert_with(|| criu_log::frozen_at(run.started_at, &run.log));
+            let plugin_stats = read_plugin_stats(&dir, DUMP_STATS_FILE)?;
             containers.push(ContainerCheckpoint {
                 name: name.clone(),
                 path: dir,
@@ -105,19 +99,19 @@ impl Restorer for ProcessTree {
         };
         let env = job.criu_env();
         let mut restored = Vec::new();
-        for target in crate::restore::targets(job, image)? {
+        for target in targets(job, image)? {
             let RestoreTarget::Process { name } = &target else {
                 return Err(RuntimeError::Invalid(format!(
                     "the process-tree restorer cannot restore {target:?}"
                 )));
             };
-            let src = crate::restore::container_dir(image, name)?;
+            let src = container_dir(image, name)?;
             let dir = job.restore_dir(name);
-            crate::restore::restore_dir(&src, &dir)?;
+            restore_dir(&src, &dir)?;
             let span = tracing::info_span!("criu_restore", container = %name, image = %image.location, parallel = job.parallel_restore);
             let _g = span.enter();
             let (run, pid) = criu.restore(&RestoreArgs { images_dir: &dir }, &env)?;
-            let plugin_stats = crate::criu::read_plugin_stats(&dir, RESTORE_STATS_FILE)?;
+            let plugin_stats = read_plugin_stats(&dir, RESTORE_STATS_FILE)?;
             tracing::info!(
                 pid,
                 wall_s = run.wall.as_secs_f64(),

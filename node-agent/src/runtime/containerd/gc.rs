@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use ferry_api::names::{checkpoint_image, label};
 
-use crate::criu::Result;
-use crate::restore::Ctr;
+use crate::runtime::containerd::ctr::Ctr;
+use crate::runtime::error::Result;
 use crate::store::Stores;
 
 /// One image name in containerd and the content (index or manifest) it points at.

@@ -4,7 +4,7 @@
 //! **ferry's plugin under runc.** runc drives CRIU over RPC (`criu swrk`) and has no
 //! `--libdir`. CRIU finds the plugin in one of three ways, all tried here:
 //! 1. CRIU's built-in plugin dir (`/usr/lib/criu` as `scripts/install-deps` builds CRIU):
-//!    ferry's DaemonSet copies the `.so` there (DESIGN.md §4). Node-wide; the default.
+//!    ferry's DaemonSet copies the `.so` there (see `docs/deploy.md`). Node-wide; the default.
 //! 2. A CRIU config file with a `libdir` line ([`criu_config`]) named by the container's
 //!    OCI annotation [`CRIU_CONFIG_ANNOTATION`] (`org.criu.config`), which runc hands to CRIU
 //!    for that container only. For pods, containerd copies pod annotations listed in its
@@ -17,39 +17,37 @@
 //! Layout: `<image>/<name>/` holds CRIU's images, runc's `descriptors.json`, CRIU's
 //! `dump.log` (runc's `--work-path` is the image dir, so the log is part of the image) and
 //! runc's own stderr (`runc-checkpoint.log`). A restore runs in a restore directory
-//! (see [`crate::restore`]): `restore.log`, `runc-restore.log`, `runc.pid`.
+//! (see [`crate::runtime::layout`]): `restore.log`, `runc-restore.log`, `runc.pid`.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use ferry_api::stats::{DUMP_STATS_FILE, RESTORE_STATS_FILE};
 
-use crate::checkpoint::{
+use crate::runtime::checkpoint::{
     CheckpointJob, CheckpointOutcome, Checkpointer, ContainerCheckpoint, ContainerTarget,
 };
-use crate::criu::{Criu, Result, RuntimeError, io_err};
-use crate::restore::{RestoreJob, RestoreOutcome, RestoreTarget, Restored, Restorer};
+use crate::runtime::criu::{Criu, VersionCache};
+use crate::runtime::criu_log::{self, log_errors};
+use crate::runtime::error::{Result, RuntimeError, io_err};
+use crate::runtime::exec;
+use crate::runtime::layout::{
+    RUNC_CHECKPOINT_STDERR, RUNC_DUMP_LOG, RUNC_PIDFILE, RUNC_RESTORE_LOG, RUNC_RESTORE_STDERR,
+    restore_dir,
+};
+use crate::runtime::plugin::read_plugin_stats;
+use crate::runtime::restore::{
+    RestoreJob, RestoreOutcome, RestoreTarget, Restored, Restorer, container_dir,
+};
 use crate::store::{Image, ImageKind, Staging};
 
 /// Default runc binary.
 pub const DEFAULT_RUNC: &str = "/usr/sbin/runc";
 /// containerd's runc state root for the CRI (`k8s.io`) namespace.
 pub const CONTAINERD_RUNC_ROOT: &str = "/run/containerd/runc/k8s.io";
-/// CRIU's log as runc names it, in the work path.
-pub const RUNC_DUMP_LOG: &str = "dump.log";
-/// CRIU's restore log as runc names it, in the work path.
-pub const RUNC_RESTORE_LOG: &str = "restore.log";
-/// runc's stderr during a checkpoint, in the container's image dir.
-pub const RUNC_CHECKPOINT_STDERR: &str = "runc-checkpoint.log";
-/// runc's stderr during a restore, in the restore dir.
-pub const RUNC_RESTORE_STDERR: &str = "runc-restore.log";
-/// The restored container's init pid, in the restore dir.
-pub const RUNC_PIDFILE: &str = "runc.pid";
-
 /// The OCI annotation naming a CRIU config file for one container (runc reads it).
 pub const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
 
@@ -69,7 +67,7 @@ pub struct Runc {
     /// The CRIU runc runs (`--criu`), also asked for its version. Its `libdir` is not used
     /// (see the module docs).
     pub criu: Criu,
-    version: OnceLock<Option<String>>,
+    version: VersionCache,
 }
 
 impl Runc {
@@ -79,7 +77,7 @@ impl Runc {
             binary: binary.into(),
             root: root.into(),
             criu,
-            version: OnceLock::new(),
+            version: VersionCache::default(),
         }
     }
 
@@ -161,7 +159,7 @@ impl Runc {
             .stdout(Stdio::null())
             .stderr(stderr);
         tracing::debug!(op, binary = %self.binary.display(), ?args, "running runc");
-        let finished = crate::exec::run(&mut cmd, &format!("runc {op}"), timeout)?;
+        let finished = exec::run(&mut cmd, &format!("runc {op}"), timeout)?;
         if finished.status.success() {
             return Ok(finished.wall);
         }
@@ -175,7 +173,7 @@ impl Runc {
             })
             .unwrap_or_else(|| "no output".into());
         let criu_says = if criu_log.exists() {
-            crate::criu::log_errors(criu_log)
+            log_errors(criu_log)
         } else {
             "CRIU did not run".into()
         };
@@ -234,8 +232,8 @@ impl Checkpointer for Runc {
                 job.timeout,
             )?;
             tracing::info!(wall_s = wall.as_secs_f64(), "runc checkpoint done");
-            frozen_at.get_or_insert_with(|| crate::criu::frozen_at(started_at, &log));
-            let plugin_stats = crate::criu::read_plugin_stats(&dir, DUMP_STATS_FILE)?;
+            frozen_at.get_or_insert_with(|| criu_log::frozen_at(started_at, &log));
+            let plugin_stats = read_plugin_stats(&dir, DUMP_STATS_FILE)?;
             containers.push(ContainerCheckpoint {
                 name: name.clone(),
                 path: dir,
@@ -247,7 +245,7 @@ impl Checkpointer for Runc {
         Ok(CheckpointOutcome::assemble(
             job,
             ImageKind::Criu,
-            crate::process_tree::criu_version_cached(&self.criu, &self.version),
+            self.version.get(&self.criu),
             containers,
             frozen_at,
             start,
@@ -272,9 +270,9 @@ impl Restorer for Runc {
                     "the runc restorer cannot restore {target:?}"
                 )));
             };
-            let src = crate::restore::container_dir(image, name)?;
+            let src = container_dir(image, name)?;
             let dir = job.restore_dir(name);
-            crate::restore::restore_dir(&src, &dir)?;
+            restore_dir(&src, &dir)?;
             let span = tracing::info_span!("runc_restore", container = %name, id = %id, image = %image.location, parallel = job.parallel_restore);
             let _g = span.enter();
             let args = self.restore_args(id, &dir, &dir, bundle);
@@ -291,7 +289,7 @@ impl Restorer for Runc {
             let pid = std::fs::read_to_string(&pidfile)
                 .ok()
                 .and_then(|t| t.trim().parse::<i32>().ok());
-            let plugin_stats = crate::criu::read_plugin_stats(&dir, RESTORE_STATS_FILE)?;
+            let plugin_stats = read_plugin_stats(&dir, RESTORE_STATS_FILE)?;
             tracing::info!(pid, wall_s = wall.as_secs_f64(), "runc restore done");
             restored.push(Restored {
                 name: name.clone(),

@@ -1,18 +1,22 @@
-//! Running the runtime's tools (`criu`, `runc`) with a hard time limit.
+//! Running the runtime's tools (`criu`, `runc`, `tar`, `ctr`) with a hard time limit, and
+//! reading a failed tool's log into its error.
 //!
 //! A hung CRIU must fail the task, not the worker thread forever. The child is watched
 //! through a pidfd: `poll` wakes the moment it exits (no sleep-polling latency on the
 //! checkpoint's critical path) and a timeout kills it by pidfd, which cannot hit a reused pid.
 
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-use crate::criu::RuntimeError;
+use crate::runtime::error::{Result, RuntimeError};
+
+/// Default limit for one CRIU or runc run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How a tool run ended.
 #[derive(Debug)]
@@ -101,6 +105,36 @@ pub(crate) fn run(
     Ok(Finished {
         status,
         wall: start.elapsed(),
+    })
+}
+
+/// `Ok` for a successful exit; otherwise a [`RuntimeError::Tool`] whose message is the last
+/// three lines of `log` (where the tool's stderr went), joined into one line.
+pub(crate) fn tool_result(
+    tool: &'static str,
+    op: &'static str,
+    status: ExitStatus,
+    log: &Path,
+) -> Result<()> {
+    if status.success() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let message = text
+        .lines()
+        .rev()
+        .take(3)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join(" | ");
+    Err(RuntimeError::Tool {
+        tool,
+        op,
+        status: status.to_string(),
+        message,
+        log: log.to_path_buf(),
     })
 }
 

@@ -1,29 +1,9 @@
-//! Path (a): the kubelet's checkpoint API (KEP-2008, `ContainerCheckpoint` gate, beta and on
-//! by default since 1.30).
-//!
-//! `POST https://<node>:10250/checkpoint/{namespace}/{pod}/{container}?timeout=<s>` answers
-//! `{"items":["/var/lib/kubelet/checkpoints/checkpoint-<pod>_<ns>-<container>-<time>.tar"]}`.
-//! The kubelet authenticates the agent by client certificate (x509, its `clientCAFile`) or by
-//! bearer token (webhook authn: the agent's ServiceAccount token) and authorizes
-//! `nodes/checkpoint` (the agent's ClusterRole must grant `create` on `nodes/checkpoint`).
-//! The archive is on the node's disk; the agent sees the node's checkpoints dir through a
-//! hostPath mount (`local_checkpoints_dir`) and moves the archive into the image as
-//! `<container>.tar` (so the kubelet's dir does not fill up), an [`ImageKind::CheckpointArchive`].
-//!
-//! When ferry's plugin is in CRIU's plugin dir, it runs inside the kubelet's (the runtime's)
-//! CRIU too, and its dump stats are in the archive (`checkpoint/ferry-dump-stats.json`): they
-//! are read from the tar ([`archive_member`]) into the outcome and the image's GPU vendor.
-//!
-//! The checkpoint API always leaves the container running: a stop-after-checkpoint request
-//! gets `still_running = true` and the caller deletes the pod.
-//!
-//! The client is hyper's HTTP/1 connection over tokio-rustls on a private current-thread
-//! runtime: the trait is synchronous (the worker calls it on a blocking thread) and one
-//! request per container does not need a pool.
+//! The kubelet's checkpoint API over HTTPS: the address and TLS set-up, the request path, the
+//! answer, and where the agent finds the archive the kubelet reported.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -31,11 +11,7 @@ use hyper::StatusCode;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::checkpoint::{
-    CheckpointJob, CheckpointOutcome, Checkpointer, ContainerCheckpoint, ContainerTarget,
-};
-use crate::criu::{Result, RuntimeError, io_err};
-use crate::store::{ImageKind, Staging};
+use crate::runtime::error::{Result, RuntimeError, io_err};
 
 /// Where the kubelet writes checkpoint archives on the node.
 pub const KUBELET_CHECKPOINTS_DIR: &str = "/var/lib/kubelet/checkpoints";
@@ -283,166 +259,6 @@ impl KubeletApi {
     }
 }
 
-/// Largest archive member [`archive_member`] reads.
-const MAX_MEMBER: u64 = 1 << 20;
-
-/// Reads the member `name` (e.g. `checkpoint/ferry-dump-stats.json`; a leading `./` in the
-/// archive is ignored) of the tar `archive`, if present and at most 1 MiB. Plain ustar and
-/// GNU long names; enough for the kubelet's checkpoint archives (which are uncompressed tars),
-/// without unpacking the images.
-pub fn archive_member(archive: &Path, name: &str) -> Result<Option<Vec<u8>>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let ctx = || format!("read {}", archive.display());
-    let mut f = std::fs::File::open(archive).map_err(io_err(ctx()))?;
-    let mut header = [0u8; 512];
-    let mut long_name: Option<String> = None;
-    loop {
-        match f.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(io_err(ctx())(e)),
-        }
-        if header.iter().all(|b| *b == 0) {
-            return Ok(None);
-        }
-        let field = |r: std::ops::Range<usize>| {
-            let raw = &header[r];
-            let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-            String::from_utf8_lossy(&raw[..end]).into_owned()
-        };
-        let size = u64::from_str_radix(field(124..136).trim(), 8).map_err(|e| {
-            RuntimeError::Invalid(format!("{}: bad tar header size: {e}", archive.display()))
-        })?;
-        let padded = size.div_ceil(512) * 512;
-        let typeflag = header[156];
-        let mut entry = match long_name.take() {
-            Some(n) => n,
-            None => {
-                let prefix = field(345..500);
-                let base = field(0..100);
-                if header[257..262] == *b"ustar" && !prefix.is_empty() {
-                    format!("{prefix}/{base}")
-                } else {
-                    base
-                }
-            }
-        };
-        if typeflag == b'L' {
-            // GNU long name: the data is the next entry's name.
-            let mut buf = vec![0u8; usize::try_from(padded).unwrap_or(0)];
-            f.read_exact(&mut buf).map_err(io_err(ctx()))?;
-            buf.truncate(usize::try_from(size).unwrap_or(0));
-            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-            long_name = Some(String::from_utf8_lossy(&buf[..end]).into_owned());
-            continue;
-        }
-        if let Some(stripped) = entry.strip_prefix("./") {
-            entry = stripped.to_string();
-        }
-        if entry == name && (typeflag == b'0' || typeflag == 0) {
-            if size > MAX_MEMBER {
-                return Ok(None);
-            }
-            let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
-            f.read_exact(&mut buf).map_err(io_err(ctx()))?;
-            return Ok(Some(buf));
-        }
-        let skip = i64::try_from(padded).map_err(|_| {
-            RuntimeError::Invalid(format!("{}: tar member too large", archive.display()))
-        })?;
-        f.seek(SeekFrom::Current(skip)).map_err(io_err(ctx()))?;
-    }
-}
-
-/// Moves `from` to `to`: a rename, or copy and remove across filesystems.
-fn move_file(from: &Path, to: &Path) -> Result<()> {
-    match std::fs::rename(from, to) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            std::fs::copy(from, to).map_err(io_err(format!(
-                "copy {} to {}",
-                from.display(),
-                to.display()
-            )))?;
-            std::fs::remove_file(from).map_err(io_err(format!("remove {}", from.display())))
-        }
-        Err(e) => Err(io_err(format!(
-            "move {} to {}",
-            from.display(),
-            to.display()
-        ))(e)),
-    }
-}
-
-impl Checkpointer for KubeletApi {
-    fn checkpoint(&self, job: &CheckpointJob, staging: &Staging) -> Result<CheckpointOutcome> {
-        job.validate()?;
-        let start = Instant::now();
-        let mut frozen_at = None;
-        let mut containers = Vec::new();
-        for target in &job.containers {
-            let ContainerTarget::Kubelet { name } = target else {
-                return Err(RuntimeError::Invalid(format!(
-                    "the kubelet checkpointer cannot checkpoint {target:?}"
-                )));
-            };
-            let path =
-                Self::checkpoint_path(&job.source.namespace, &job.source.pod, name, job.timeout)?;
-            let span = tracing::info_span!("kubelet_checkpoint", node = %self.address, namespace = %job.source.namespace, pod = %job.source.pod, container = %name);
-            let _g = span.enter();
-            // The kubelet freezes during the call; its CRIU log is inside the archive, so the
-            // request's start is the freeze instant's bound here.
-            frozen_at.get_or_insert_with(jiff::Timestamp::now);
-            let asked = Instant::now();
-            let (status, body) = self.post(&path, job.timeout + Duration::from_secs(30))?;
-            let tool_wall = asked.elapsed();
-            let items = Self::parse_response(status, &body)?;
-            let archive = self.local_archive(&items[0])?;
-            let dest = staging.file_path(&format!("{name}.tar"))?;
-            move_file(&archive, &dest)?;
-            // ferry's plugin ran inside the kubelet's CRIU if it is in CRIU's plugin dir; its
-            // dump stats are then in the archive's `checkpoint/` dir.
-            let member = format!("checkpoint/{}", ferry_api::stats::DUMP_STATS_FILE);
-            // The stats only inform metrics and the image's GPU vendor: an archive they cannot
-            // be read from is still the checkpoint, so a failure here is a warning.
-            let plugin_stats = match archive_member(&dest, &member) {
-                Ok(Some(bytes)) => {
-                    match ferry_api::stats::PluginStats::from_json(&String::from_utf8_lossy(&bytes))
-                    {
-                        Ok(stats) => Some(stats),
-                        Err(e) => {
-                            tracing::warn!(archive = %dest.display(), error = %e, "unreadable plugin stats in the archive");
-                            None
-                        }
-                    }
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(archive = %dest.display(), error = %e, "cannot read the archive for plugin stats");
-                    None
-                }
-            };
-            tracing::info!(archive = %archive.display(), dest = %dest.display(), "kubelet checkpoint archive moved into the image");
-            containers.push(ContainerCheckpoint {
-                name: name.clone(),
-                path: dest,
-                log: None,
-                plugin_stats,
-                tool_wall,
-            });
-        }
-        Ok(CheckpointOutcome::assemble(
-            job,
-            ImageKind::CheckpointArchive,
-            None,
-            containers,
-            frozen_at,
-            start,
-            true,
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -496,43 +312,6 @@ mod tests {
             let r = KubeletApi::checkpoint_path(ns, pod, c, Duration::from_secs(1));
             assert!(r.is_err(), "{ns}/{pod}/{c} accepted");
         }
-    }
-
-    #[test]
-    fn archive_members_are_found_by_name_in_a_real_tar() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("src");
-        std::fs::create_dir_all(root.join("checkpoint")).unwrap();
-        std::fs::write(root.join("checkpoint/pages-1.img"), vec![7u8; 3000]).unwrap();
-        std::fs::write(root.join("checkpoint/ferry-dump-stats.json"), b"{\"x\":1}").unwrap();
-        std::fs::write(root.join("config.dump"), b"{}").unwrap();
-        let long = "d".repeat(120);
-        std::fs::create_dir_all(root.join(&long)).unwrap();
-        std::fs::write(root.join(&long).join("f"), b"long").unwrap();
-        let tar = tmp.path().join("a.tar");
-        let st = std::process::Command::new("tar")
-            .arg("-cf")
-            .arg(&tar)
-            .arg("-C")
-            .arg(&root)
-            .args([".", "--format=gnu"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        assert_eq!(
-            archive_member(&tar, "checkpoint/ferry-dump-stats.json").unwrap(),
-            Some(b"{\"x\":1}".to_vec())
-        );
-        assert_eq!(
-            archive_member(&tar, &format!("{long}/f")).unwrap(),
-            Some(b"long".to_vec())
-        );
-        assert_eq!(archive_member(&tar, "checkpoint/nope").unwrap(), None);
-        std::fs::write(tmp.path().join("empty.tar"), vec![0u8; 1024]).unwrap();
-        assert_eq!(
-            archive_member(&tmp.path().join("empty.tar"), "x").unwrap(),
-            None
-        );
     }
 
     #[test]
