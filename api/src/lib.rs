@@ -4,6 +4,7 @@
 //! with no kube dependency: the CRIU plugin links this crate that way.
 
 pub mod names;
+pub mod plugin_env;
 pub mod stats;
 pub mod validation;
 

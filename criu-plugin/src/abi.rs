@@ -1,5 +1,6 @@
-//! The C boundary with CRIU: `CR_PLUGIN_DESC`, one `extern "C"` function per hook, and the
-//! helpers CRIU exports to plugins. Nothing else in the crate is `unsafe` at the CRIU edge.
+//! The C entry point CRIU loads: `CR_PLUGIN_DESC`, one `extern "C"` function per hook, and the
+//! panic guard every hook runs in. The functions CRIU exports to plugins are called from
+//! [`crate::sys`]; what the hooks, backends and engine agree on is in [`crate::contract`].
 //!
 //! Every hook body is `guard(name, || ...)`: a panic is caught (it must never unwind into
 //! CRIU's C frames) and logged, and every error becomes `-errno` after one log line. A
@@ -7,12 +8,11 @@
 //! `-ENOTSUP` so CRIU asks the next plugin.
 #![allow(unsafe_code)]
 
-use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::OnceLock;
 
-use crate::backends::Claim;
+use crate::contract::{Claim, Stage};
 use crate::error::Result;
 use crate::state;
 
@@ -34,22 +34,13 @@ pub mod hook {
     pub const POST_FORKING: usize = 12;
 }
 
-/// Plugin stages (`enum cr_plugin_stage`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    Dump,
-    PreDump,
-    Restore,
-}
-
-impl Stage {
-    fn from_raw(stage: c_int) -> Option<Stage> {
-        match stage {
-            0 => Some(Stage::Dump),
-            1 => Some(Stage::PreDump),
-            2 => Some(Stage::Restore),
-            _ => None,
-        }
+/// `enum cr_plugin_stage` → [`Stage`].
+fn stage_from_raw(stage: c_int) -> Option<Stage> {
+    match stage {
+        0 => Some(Stage::Dump),
+        1 => Some(Stage::PreDump),
+        2 => Some(Stage::Restore),
+        _ => None,
     }
 }
 
@@ -144,7 +135,7 @@ fn claim_to_int(c: Claim) -> c_int {
 extern "C" fn plugin_init(stage: c_int) -> c_int {
     crate::log::init();
     guard("init", || {
-        let Some(stage) = Stage::from_raw(stage) else {
+        let Some(stage) = stage_from_raw(stage) else {
             return Err(crate::PluginError::invalid(format!(
                 "unknown CRIU plugin stage {stage}"
             )));
@@ -154,7 +145,7 @@ extern "C" fn plugin_init(stage: c_int) -> c_int {
 }
 
 extern "C" fn plugin_exit(stage: c_int, ret: c_int) {
-    if let Err(panic) = catch_unwind(|| state::fini(Stage::from_raw(stage), ret)) {
+    if let Err(panic) = catch_unwind(|| state::fini(stage_from_raw(stage), ret)) {
         tracing::error!(
             hook = "exit",
             "panic in plugin exit: {}",
@@ -251,200 +242,4 @@ extern "C" fn checkpoint_devices(pid: c_int) -> c_int {
 
 extern "C" fn post_forking() -> c_int {
     guard("POST_FORKING", || state::post_forking().map(claim_to_int))
-}
-
-/// Functions the `criu` binary exports to plugins, resolved once with `dlsym`. Absent when
-/// the plugin runs outside CRIU (the plugin-host harness), where [`crate::host`] falls back.
-pub struct CriuExports {
-    print_on_level: Option<unsafe extern "C" fn(c_uint, *const c_char, ...)>,
-    criu_get_image_dir: Option<unsafe extern "C" fn() -> c_int>,
-    fdstore_add: Option<unsafe extern "C" fn(c_int) -> c_int>,
-    fdstore_get: Option<unsafe extern "C" fn(c_int) -> c_int>,
-    add_inventory_plugin: Option<unsafe extern "C" fn(*const c_char) -> c_int>,
-    check_and_remove_inventory_plugin: Option<unsafe extern "C" fn(*const c_char, usize) -> bool>,
-}
-
-fn sym(name: &CStr) -> *mut c_void {
-    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only reads the loaded
-    // objects' symbol tables.
-    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
-}
-
-macro_rules! resolve {
-    ($name:literal, $ty:ty) => {{
-        let p = sym($name);
-        if p.is_null() {
-            None
-        } else {
-            // SAFETY: the symbol is CRIU's exported function of exactly this C signature
-            // (criu/include/{log,fdstore,image,criu-plugin}.h of CRIU 4.x).
-            Some(unsafe { std::mem::transmute::<*mut c_void, $ty>(p) })
-        }
-    }};
-}
-
-/// CRIU's exports, resolved on first use.
-pub fn criu() -> &'static CriuExports {
-    static EXPORTS: OnceLock<CriuExports> = OnceLock::new();
-    EXPORTS.get_or_init(|| CriuExports {
-        print_on_level: resolve!(
-            c"print_on_level",
-            unsafe extern "C" fn(c_uint, *const c_char, ...)
-        ),
-        criu_get_image_dir: resolve!(c"criu_get_image_dir", unsafe extern "C" fn() -> c_int),
-        fdstore_add: resolve!(c"fdstore_add", unsafe extern "C" fn(c_int) -> c_int),
-        fdstore_get: resolve!(c"fdstore_get", unsafe extern "C" fn(c_int) -> c_int),
-        add_inventory_plugin: resolve!(
-            c"add_inventory_plugin",
-            unsafe extern "C" fn(*const c_char) -> c_int
-        ),
-        check_and_remove_inventory_plugin: resolve!(
-            c"check_and_remove_inventory_plugin",
-            unsafe extern "C" fn(*const c_char, usize) -> bool
-        ),
-    })
-}
-
-impl CriuExports {
-    /// True when running inside a `criu` binary.
-    pub fn in_criu(&self) -> bool {
-        self.print_on_level.is_some() && self.criu_get_image_dir.is_some()
-    }
-
-    /// Writes one line to CRIU's log at `level` (0 msg, 1 error, 2 warn, 3 info, 4 debug).
-    /// Returns false when CRIU's logger is absent.
-    pub fn print(&self, level: u32, line: &str) -> bool {
-        let Some(f) = self.print_on_level else {
-            return false;
-        };
-        let Ok(c) = CString::new(line.replace('\0', " ")) else {
-            return false;
-        };
-        // SAFETY: the format is the literal "%s" and its one argument a valid C string.
-        unsafe { f(level, c"%s".as_ptr(), c.as_ptr()) };
-        true
-    }
-
-    /// CRIU's image-directory fd (a service fd CRIU owns; never close it).
-    pub fn image_dir(&self) -> Option<BorrowedFd<'static>> {
-        let f = self.criu_get_image_dir?;
-        // SAFETY: criu_get_image_dir takes no arguments and returns an fd or -1.
-        let fd = unsafe { f() };
-        // SAFETY: the service fd stays open for CRIU's lifetime.
-        (fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
-    }
-
-    /// Puts a copy of `fd` into CRIU's fdstore (it survives into restored tasks); returns its id.
-    pub fn fdstore_add(&self, fd: BorrowedFd<'_>) -> Option<i32> {
-        let f = self.fdstore_add?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: fdstore_add sends a copy of a valid open fd to CRIU's store.
-        let id = unsafe { f(fd.as_raw_fd()) };
-        (id >= 0).then_some(id)
-    }
-
-    /// Gets a new fd for fdstore entry `id`.
-    pub fn fdstore_get(&self, id: i32) -> Option<OwnedFd> {
-        let f = self.fdstore_get?;
-        // SAFETY: fdstore_get returns a new fd the caller owns, or -1.
-        let fd = unsafe { f(id) };
-        use std::os::fd::FromRawFd;
-        // SAFETY: a non-negative result is a fresh fd owned by us.
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    /// Records `name` in the inventory image (dump). None outside CRIU.
-    pub fn add_inventory(&self, name: &str) -> Option<bool> {
-        let f = self.add_inventory_plugin?;
-        let c = CString::new(name).ok()?;
-        // SAFETY: a valid C string; CRIU copies it.
-        Some(unsafe { f(c.as_ptr()) } == 0)
-    }
-
-    /// Checks and removes `name` from the inventory (restore). None outside CRIU.
-    pub fn check_inventory(&self, name: &str) -> Option<bool> {
-        let f = self.check_and_remove_inventory_plugin?;
-        let c = CString::new(name).ok()?;
-        // SAFETY: a valid C string and its length.
-        Some(unsafe { f(c.as_ptr(), name.len()) })
-    }
-}
-
-/// Ends the calling process at once, without running CRIU's atexit handlers (tests only:
-/// the restored task dying mid-send).
-pub fn exit_now(code: i32) -> ! {
-    // SAFETY: _exit takes an int and never returns; nothing of ours needs unwinding.
-    unsafe { libc::_exit(code) }
-}
-
-/// The thread's previous signal mask, restored by [`restore_sigmask`].
-pub struct SigMask(libc::sigset_t);
-
-/// Blocks SIGCHLD in the calling thread and returns the previous mask.
-pub fn block_sigchld() -> Result<SigMask> {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use, and
-    // pthread_sigmask reads `set` and writes `old`, both valid locals.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        if rc != 0 {
-            return Err(crate::PluginError::io(
-                "block SIGCHLD for the worker",
-                std::io::Error::from_raw_os_error(rc),
-            ));
-        }
-        Ok(SigMask(old))
-    }
-}
-
-/// Restores a mask saved by [`block_sigchld`].
-pub fn restore_sigmask(old: &SigMask) {
-    // SAFETY: `old.0` is a mask pthread_sigmask filled in; a null `oldset` is allowed.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old.0, std::ptr::null_mut());
-    }
-}
-
-/// Calls CRIU's `set_compel_interrupt_only_mode()` (seize.c, exported to plugins; CRIU's cuda
-/// plugin calls it in init): CRIU then stops tasks with ptrace interrupts even with
-/// `--freeze-cgroup`, so a plugin can let a single thread (the CUDA restore thread) run while
-/// the rest of the tree stays stopped. Returns false outside CRIU.
-pub fn set_compel_interrupt_only_mode() -> bool {
-    let Some(f) = resolve!(c"set_compel_interrupt_only_mode", unsafe extern "C" fn()) else {
-        return false;
-    };
-    // SAFETY: the function takes no arguments and only sets a static flag in CRIU.
-    unsafe { f() };
-    true
-}
-
-/// Makes this plugin's shared object stay mapped for the life of the process, even after
-/// CRIU's `dlclose` at `fini`. Needed once a worker thread is abandoned inside a driver call
-/// (see the NVIDIA backend's call timeout): if that call ever returns, it returns into this
-/// object's code, which must still be there. Returns whether the object is now pinned.
-pub fn pin_in_memory() -> bool {
-    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
-    let here = pin_in_memory as *const c_void;
-    // SAFETY: `here` is an address inside this object; dladdr only fills `info`.
-    if unsafe { libc::dladdr(here, info.as_mut_ptr()) } == 0 {
-        return false;
-    }
-    // SAFETY: dladdr succeeded, so `info` is initialised; `dli_fname` is a NUL-terminated
-    // path owned by the loader (valid while the object is loaded, which it is).
-    let fname = unsafe { info.assume_init() }.dli_fname;
-    if fname.is_null() {
-        return false;
-    }
-    // SAFETY: RTLD_NOLOAD only looks up the already-loaded object (no constructors run) and
-    // RTLD_NODELETE marks it never to be unloaded; the extra reference is never released.
-    let handle = unsafe {
-        libc::dlopen(
-            fname,
-            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
-        )
-    };
-    !handle.is_null()
 }

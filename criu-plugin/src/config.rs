@@ -1,4 +1,6 @@
-//! Plugin settings, read once from the environment in `init` and logged.
+//! Plugin-wide settings, read once from the environment in `init` and logged. Each backend
+//! reads its own settings in its folder (`backends/<name>/config.rs`); the names are in
+//! [`ferry_api::plugin_env`]. Also the value parsers those settings share.
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
@@ -6,14 +8,16 @@
 //! | `FERRY_CHUNK_SIZE` | `8M` | bytes per read/copy chunk of the pipelined copy (suffix K, M, G) |
 //! | `FERRY_WORKERS` | `0` (= one per device) | most device copies running at once (0: no bound) |
 //! | `FERRY_IO_TIMEOUT` | `60` | seconds a worker waits on the restore socket before failing the restore |
-//! | `FERRY_SIM_ROOT` | `/var/lib/ferry-sim` | sim backend: where simulated device handles live |
-//! | `FERRY_SIM_MEM` | `/dev/shm/ferry-sim` | sim backend: where simulated device memory lives |
-//! | `FERRY_SIM_BANDWIDTH` | `4G` | sim backend: copy-engine bandwidth in bytes/s (models an SDMA engine) |
 //! | `FERRY_TEST_FAULT` | unset | tests only: inject a fault (`copy-error`, `child-exit-mid-send`, `corrupt-header`, `panic`) |
 //! | `FERRY_IMAGES_DIR` | unset | plugin-host harness only: image dir when CRIU's `criu_get_image_dir` is absent |
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use ferry_api::plugin_env::{
+    FERRY_CHUNK_SIZE, FERRY_IMAGES_DIR, FERRY_IO_TIMEOUT, FERRY_PARALLEL_RESTORE, FERRY_TEST_FAULT,
+    FERRY_WORKERS,
+};
 
 use crate::error::{PluginError, Result};
 
@@ -30,16 +34,13 @@ pub enum Fault {
     Panic,
 }
 
-/// All settings.
+/// The plugin-wide settings.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub parallel_restore: bool,
     pub chunk_size: usize,
     pub workers: usize,
     pub io_timeout: Duration,
-    pub sim_root: PathBuf,
-    pub sim_mem: PathBuf,
-    pub sim_bandwidth: u64,
     pub fault: Option<Fault>,
     pub images_dir: Option<PathBuf>,
 }
@@ -51,9 +52,6 @@ impl Default for Config {
             chunk_size: 8 << 20,
             workers: 0,
             io_timeout: Duration::from_secs(60),
-            sim_root: PathBuf::from("/var/lib/ferry-sim"),
-            sim_mem: PathBuf::from("/dev/shm/ferry-sim"),
-            sim_bandwidth: 4 << 30,
             fault: None,
             images_dir: None,
         }
@@ -69,40 +67,30 @@ impl Config {
     /// Reads settings through `get` (the environment, or a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let mut c = Config::default();
-        if let Some(v) = get("FERRY_PARALLEL_RESTORE") {
-            c.parallel_restore = parse_bool("FERRY_PARALLEL_RESTORE", &v)?;
+        if let Some(v) = get(FERRY_PARALLEL_RESTORE) {
+            c.parallel_restore = parse_bool(FERRY_PARALLEL_RESTORE, &v)?;
         }
-        if let Some(v) = get("FERRY_CHUNK_SIZE") {
-            let n = parse_size("FERRY_CHUNK_SIZE", &v)?;
+        if let Some(v) = get(FERRY_CHUNK_SIZE) {
+            let n = parse_size(FERRY_CHUNK_SIZE, &v)?;
             if !(4096..=(1 << 30)).contains(&n) {
                 return Err(PluginError::invalid(format!(
-                    "FERRY_CHUNK_SIZE={v} is out of range: use 4K..1G"
+                    "{FERRY_CHUNK_SIZE}={v} is out of range: use 4K..1G"
                 )));
             }
             c.chunk_size = n as usize;
         }
-        if let Some(v) = get("FERRY_WORKERS") {
-            c.workers = v
-                .trim()
-                .parse()
-                .map_err(|_| PluginError::invalid(format!("FERRY_WORKERS={v} is not a number")))?;
+        if let Some(v) = get(FERRY_WORKERS) {
+            c.workers = v.trim().parse().map_err(|_| {
+                PluginError::invalid(format!("{FERRY_WORKERS}={v} is not a number"))
+            })?;
         }
-        if let Some(v) = get("FERRY_IO_TIMEOUT") {
+        if let Some(v) = get(FERRY_IO_TIMEOUT) {
             let s: u64 = v.trim().parse().map_err(|_| {
-                PluginError::invalid(format!("FERRY_IO_TIMEOUT={v} is not a number of seconds"))
+                PluginError::invalid(format!("{FERRY_IO_TIMEOUT}={v} is not a number of seconds"))
             })?;
             c.io_timeout = Duration::from_secs(s.max(1));
         }
-        if let Some(v) = get("FERRY_SIM_ROOT") {
-            c.sim_root = PathBuf::from(v);
-        }
-        if let Some(v) = get("FERRY_SIM_MEM") {
-            c.sim_mem = PathBuf::from(v);
-        }
-        if let Some(v) = get("FERRY_SIM_BANDWIDTH") {
-            c.sim_bandwidth = parse_size("FERRY_SIM_BANDWIDTH", &v)?.max(1);
-        }
-        if let Some(v) = get("FERRY_TEST_FAULT") {
+        if let Some(v) = get(FERRY_TEST_FAULT) {
             c.fault = match v.trim() {
                 "" => None,
                 "copy-error" => Some(Fault::CopyError),
@@ -111,12 +99,12 @@ impl Config {
                 "panic" => Some(Fault::Panic),
                 other => {
                     return Err(PluginError::invalid(format!(
-                        "FERRY_TEST_FAULT={other} is unknown: use copy-error, child-exit-mid-send, corrupt-header or panic"
+                        "{FERRY_TEST_FAULT}={other} is unknown: use copy-error, child-exit-mid-send, corrupt-header or panic"
                     )));
                 }
             };
         }
-        if let Some(v) = get("FERRY_IMAGES_DIR") {
+        if let Some(v) = get(FERRY_IMAGES_DIR) {
             c.images_dir = Some(PathBuf::from(v));
         }
         Ok(c)
@@ -178,26 +166,26 @@ mod tests {
     #[test]
     fn env_values_are_parsed_with_suffixes() {
         let c = cfg(&[
-            ("FERRY_PARALLEL_RESTORE", "0"),
-            ("FERRY_CHUNK_SIZE", "512K"),
-            ("FERRY_SIM_BANDWIDTH", "2G"),
-            ("FERRY_TEST_FAULT", "copy-error"),
+            (FERRY_PARALLEL_RESTORE, "0"),
+            (FERRY_CHUNK_SIZE, "512K"),
+            (FERRY_TEST_FAULT, "copy-error"),
         ])
         .unwrap();
         assert!(!c.parallel_restore);
         assert_eq!(c.chunk_size, 512 << 10);
-        assert_eq!(c.sim_bandwidth, 2 << 30);
         assert_eq!(c.fault, Some(Fault::CopyError));
+        // FERRY_SIM_BANDWIDTH's suffix: see the sim backend's settings tests.
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        let e = cfg(&[("FERRY_PARALLEL_RESTORE", "maybe")]).unwrap_err();
+        let e = cfg(&[(FERRY_PARALLEL_RESTORE, "maybe")]).unwrap_err();
         assert!(
-            e.to_string().contains("FERRY_PARALLEL_RESTORE=maybe"),
+            e.to_string()
+                .contains(&format!("{FERRY_PARALLEL_RESTORE}=maybe")),
             "{e}"
         );
-        let e = cfg(&[("FERRY_CHUNK_SIZE", "1")]).unwrap_err();
+        let e = cfg(&[(FERRY_CHUNK_SIZE, "1")]).unwrap_err();
         assert!(e.to_string().contains("out of range"), "{e}");
         assert!(parse_size("X", "99999999999G").is_err());
     }

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use rustix::fs::{Mode, OFlags};
 
-use crate::abi::{CriuExports, criu};
 use crate::error::{PluginError, Result};
+use crate::sys::criu::{CriuExports, criu};
 
 /// The host services.
 pub struct Host {

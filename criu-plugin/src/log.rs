@@ -13,7 +13,7 @@ use std::thread::ThreadId;
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::abi::criu;
+use crate::sys::criu::criu;
 
 // CRIU's levels (criu/include/log.h).
 const LOG_ERROR: u32 = 1;

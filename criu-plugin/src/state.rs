@@ -11,9 +11,9 @@ use ferry_api::stats::{
     DUMP_STATS_FILE, GpuVendor, Operation, PluginStats, RESTORE_STATS_FILE, RestoreMode,
 };
 
-use crate::abi::Stage;
-use crate::backends::{self, Backend, Claim, Ctx, VmaUpdate};
+use crate::backends;
 use crate::config::Config;
+use crate::contract::{Backend, BackendId, BackendLookup, Claim, Ctx, Stage, VmaUpdate};
 use crate::engine::restore::RestoreEngine;
 use crate::error::{PluginError, Result};
 use crate::host::Host;
@@ -119,7 +119,7 @@ impl PluginState {
     }
 
     /// Finds the backend for a copy plan.
-    pub fn backend(&self, id: backends::BackendId) -> Result<&dyn Backend> {
+    pub fn backend(&self, id: BackendId) -> Result<&dyn Backend> {
         self.backends
             .iter()
             .find(|b| b.id() == id)
@@ -128,10 +128,20 @@ impl PluginState {
     }
 }
 
+impl BackendLookup for PluginState {
+    fn backend(&self, id: BackendId) -> Result<&dyn Backend> {
+        PluginState::backend(self, id)
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        PluginState::ctx(self)
+    }
+}
+
 /// `init(stage)`.
 pub fn init(stage: Stage) -> Result<()> {
     let config = Config::from_env()?;
-    let state = PluginState::new(stage, config, backends::all())?;
+    let state = PluginState::new(stage, config, backends::all()?)?;
     tracing::info!(
         stage = ?stage,
         parallel = state.config.parallel_restore,
@@ -161,7 +171,7 @@ pub fn fini(stage: Option<Stage>, ret: i32) {
     let cx = state.ctx();
     if state.stage == Stage::Restore {
         // Ends the worker even when the restore failed before RESUME_DEVICES_LATE.
-        if let Err(e) = state.engine.shutdown(&state) {
+        if let Err(e) = state.engine.shutdown(&state.stats) {
             tracing::error!("device copy failed: {e}");
         }
     }
@@ -250,7 +260,7 @@ pub fn post_forking() -> Result<Claim> {
     if let Ok(mut t) = state.forked_at.lock() {
         *t = Some(Instant::now());
     }
-    RestoreEngine::start_worker(&state)?;
+    state.engine.start_worker(state.clone())?;
     Ok(Claim::Done)
 }
 
@@ -272,7 +282,7 @@ pub fn resume_devices_late(pid: i32) -> Result<Claim> {
         s.host_restore_seconds = w;
     }
     let mut claim = Claim::NotMine;
-    if let Err(e) = state.engine.join_for(&state, pid) {
+    if let Err(e) = state.engine.join_for(&state.stats) {
         // CRIU only logs errors from this hook, and the task is still stopped under ptrace:
         // killing it makes CRIU's final detach fail, so the restore really fails.
         tracing::error!(

@@ -6,14 +6,13 @@
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 
+use ferry_api::plugin_env::{FERRY_AMDGPU_DEV, FERRY_KFD_TOPOLOGY};
 use ferry_api::stats::{GpuVendor, Operation, PluginStats};
-use ferry_criu_plugin::abi::Stage;
+use ferry_criu_plugin::backends::amdgpu::config::AmdConfig;
 use ferry_criu_plugin::backends::amdgpu::proto::CriuRenderNode;
-use ferry_criu_plugin::backends::amdgpu::{AmdConfig, AmdgpuBackend, images, normalise_path};
-use ferry_criu_plugin::backends::{Backend, Claim, Ctx};
+use ferry_criu_plugin::backends::amdgpu::{AmdgpuBackend, images, normalise_path};
 use ferry_criu_plugin::config::Config;
-use ferry_criu_plugin::engine::plan::CopyPlan;
-use ferry_criu_plugin::engine::restore::Refill;
+use ferry_criu_plugin::contract::{Backend, Claim, CopyPlan, Ctx, Refill, Stage};
 use ferry_criu_plugin::host::Host;
 
 struct NoRefill;
@@ -68,8 +67,8 @@ impl World {
             .to_string_lossy()
             .into_owned();
         AmdgpuBackend::new(AmdConfig::from_lookup(|k| match k {
-            "FERRY_AMDGPU_DEV" => Some(dev.clone()),
-            "FERRY_KFD_TOPOLOGY" => Some(topo.clone()),
+            FERRY_AMDGPU_DEV => Some(dev.clone()),
+            FERRY_KFD_TOPOLOGY => Some(topo.clone()),
             _ => None,
         }))
     }

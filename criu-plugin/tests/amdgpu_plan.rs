@@ -5,12 +5,12 @@
 
 use std::os::fd::OwnedFd;
 
-use ferry_criu_plugin::backends::BackendId;
 use ferry_criu_plugin::backends::amdgpu::ioctl::alloc_flags::{DOORBELL, GTT, USERPTR, VRAM};
 use ferry_criu_plugin::backends::amdgpu::kfd::{
     GpuTarget, copy_plan_for, split_device_key, vma_moves,
 };
 use ferry_criu_plugin::backends::amdgpu::proto::KfdBoEntry;
+use ferry_criu_plugin::contract::BackendId;
 
 const WRITABLE: u32 = 1 << 31;
 
@@ -175,7 +175,7 @@ fn mappings_of_contents_doorbell_and_mmio_bos_move_to_the_restored_offsets() {
 /// A pwrite copy engine: the memfd stand-in for SDMA into a dma-buf.
 struct MemfdEngine;
 
-impl ferry_criu_plugin::backends::CopyEngine for MemfdEngine {
+impl ferry_criu_plugin::contract::CopyEngine for MemfdEngine {
     fn write(
         &mut self,
         dst: std::os::fd::BorrowedFd<'_>,
@@ -192,7 +192,8 @@ impl ferry_criu_plugin::backends::CopyEngine for MemfdEngine {
 
 #[test]
 fn a_two_gpu_plan_crosses_the_restore_socket_and_fills_each_memfd_from_its_gpus_pages_image() {
-    use ferry_criu_plugin::engine::{copy, fdpass, images, protocol};
+    use ferry_criu_plugin::contract::images;
+    use ferry_criu_plugin::engine::{copy, fdpass, protocol};
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
 

@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use ferry_api::plugin_env::KFD_FW_VER_CHECK;
 use ferry_criu_plugin::backends::amdgpu::topology::{
     Checks, IOLINK_TYPE_PCIE, IOLINK_TYPE_XGMI, Topology, restore_gpu_map,
 };
@@ -322,8 +323,8 @@ fn older_local_firmware_is_rejected_naming_fw_version_unless_kfd_fw_ver_check_is
         .unwrap_err()
         .to_string();
     assert!(e.contains("fw_version checkpointed 120 local 100"), "{e}");
-    assert!(e.contains("KFD_FW_VER_CHECK=0"), "{e}");
-    let relaxed = Checks::from_lookup(|k| (k == "KFD_FW_VER_CHECK").then(|| "N".to_string()));
+    assert!(e.contains(&format!("{KFD_FW_VER_CHECK}=0")), "{e}");
+    let relaxed = Checks::from_lookup(|k| (k == KFD_FW_VER_CHECK).then(|| "N".to_string()));
     let m = restore_gpu_map(&src, &dest, &relaxed).unwrap();
     assert_eq!(m.dest(0x33aa), Some(0x77bb));
 }

@@ -7,6 +7,7 @@
 #[path = "fixtures/support.rs"]
 mod support;
 
+use ferry_api::plugin_env::{FERRY_CUDA_CALL_TIMEOUT_MS, FERRY_CUDA_LIB};
 use ferry_api::stats::{GpuVendor, PluginStats};
 use support::{Event, Scenario, criu_skip_reason, ferry_lines, serial, tail};
 
@@ -308,7 +309,7 @@ fn without_a_usable_driver_the_backend_stays_off_with_one_log_line() {
     let (root, kids) = s.spawn(1, &[]);
     for (env, why) in [
         (
-            ("FERRY_CUDA_LIB", "/nonexistent/libcuda.so.1"),
+            (FERRY_CUDA_LIB, "/nonexistent/libcuda.so.1"),
             "cannot load the CUDA driver",
         ),
         (("FERRY_FAKE_CUDA_VERSION", "12040"), "needs 12050 (r555)"),
@@ -351,7 +352,7 @@ fn a_driver_restore_that_does_not_return_fails_the_restore_instead_of_hanging_cr
         "restore-hung.log",
         &[
             ("FERRY_FAKE_CUDA_DELAY_MS", "6000"),
-            ("FERRY_CUDA_CALL_TIMEOUT_MS", "500"),
+            (FERRY_CUDA_CALL_TIMEOUT_MS, "500"),
         ],
     );
     let took = t.elapsed();
@@ -395,7 +396,7 @@ fn a_driver_checkpoint_that_does_not_return_fails_the_dump_instead_of_hanging_cr
         &[],
         &[
             ("FERRY_FAKE_CUDA_DELAY_MS", "6000"),
-            ("FERRY_CUDA_CALL_TIMEOUT_MS", "500"),
+            (FERRY_CUDA_CALL_TIMEOUT_MS, "500"),
         ],
     );
     let took = t.elapsed();

@@ -10,6 +10,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use ferry_api::plugin_env::FERRY_CUDA_LIB;
 use support::{Scenario, cc_skip_reason, criu_skip_reason, fixtures, serial, tail};
 
 const HW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hw");
@@ -235,7 +236,7 @@ fn the_hardware_check_runs_every_case_end_to_end_in_a_dry_run_and_never_passes()
         .env("NVIDIA_CHECK_DRY_RUN", "1")
         .env("NVIDIA_CHECK_WORK", t.path().join("work"))
         .env("PYTHONPATH", format!("{}/fake_torch", support::FIXTURES))
-        .env_remove("FERRY_CUDA_LIB")
+        .env_remove(FERRY_CUDA_LIB)
         .output()
         .unwrap();
     let text = format!(

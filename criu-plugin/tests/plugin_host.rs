@@ -14,6 +14,10 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use common::*;
+use ferry_api::plugin_env::{
+    FERRY_CHUNK_SIZE, FERRY_IMAGES_DIR, FERRY_IO_TIMEOUT, FERRY_PARALLEL_RESTORE, FERRY_SIM_MEM,
+    FERRY_SIM_ROOT, FERRY_TEST_FAULT,
+};
 use ferry_criu_plugin::backends::sim::device::{SimContext, SimPaths};
 
 #[repr(C)]
@@ -93,16 +97,16 @@ const SIZES: [u64; 2] = [1 << 20, 3 << 20];
 fn dump_then_restore(env: &SimEnv, parallel: bool, fault: &str) -> c_int {
     let p = Plugin::load();
     set_env(&[
-        ("FERRY_IMAGES_DIR", env.images().display().to_string()),
-        ("FERRY_SIM_ROOT", env.root().display().to_string()),
-        ("FERRY_SIM_MEM", env.mem().display().to_string()),
+        (FERRY_IMAGES_DIR, env.images().display().to_string()),
+        (FERRY_SIM_ROOT, env.root().display().to_string()),
+        (FERRY_SIM_MEM, env.mem().display().to_string()),
         (
-            "FERRY_PARALLEL_RESTORE",
+            FERRY_PARALLEL_RESTORE,
             if parallel { "1" } else { "0" }.into(),
         ),
-        ("FERRY_TEST_FAULT", fault.into()),
-        ("FERRY_CHUNK_SIZE", "256K".into()),
-        ("FERRY_IO_TIMEOUT", "10".into()),
+        (FERRY_TEST_FAULT, fault.into()),
+        (FERRY_CHUNK_SIZE, "256K".into()),
+        (FERRY_IO_TIMEOUT, "10".into()),
     ]);
     let paths = SimPaths::new(env.root(), env.mem());
     let mut ctxs: Vec<SimContext> = (0..3)
@@ -246,10 +250,10 @@ fn a_panic_in_a_hook_becomes_eio_and_never_unwinds_into_the_host() {
     let env = SimEnv::new();
     let p = Plugin::load();
     set_env(&[
-        ("FERRY_IMAGES_DIR", env.images().display().to_string()),
-        ("FERRY_SIM_ROOT", env.root().display().to_string()),
-        ("FERRY_SIM_MEM", env.mem().display().to_string()),
-        ("FERRY_TEST_FAULT", "panic".into()),
+        (FERRY_IMAGES_DIR, env.images().display().to_string()),
+        (FERRY_SIM_ROOT, env.root().display().to_string()),
+        (FERRY_SIM_MEM, env.mem().display().to_string()),
+        (FERRY_TEST_FAULT, "panic".into()),
     ]);
     let ctx = SimContext::create(SimPaths::new(env.root(), env.mem()), 0, &SIZES).unwrap();
     assert_eq!(p.init(0), 0);
@@ -258,5 +262,5 @@ fn a_panic_in_a_hook_becomes_eio_and_never_unwinds_into_the_host() {
     let devnull = std::fs::File::open("/dev/null").unwrap();
     assert_eq!(p.dump_ext_file(devnull.as_raw_fd(), 101), -libc::ENOTSUP);
     p.exit(0, -1);
-    set_env(&[("FERRY_TEST_FAULT", String::new())]);
+    set_env(&[(FERRY_TEST_FAULT, String::new())]);
 }

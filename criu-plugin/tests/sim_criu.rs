@@ -9,6 +9,9 @@ mod common;
 use std::sync::Mutex;
 
 use common::*;
+use ferry_api::plugin_env::{
+    FERRY_CHUNK_SIZE, FERRY_IO_TIMEOUT, FERRY_PARALLEL_RESTORE, FERRY_TEST_FAULT,
+};
 use ferry_api::stats::{PluginStats, RestoreMode};
 
 /// One CRIU run at a time: the runs are heavy on 2 cores and restores reuse pids.
@@ -63,7 +66,7 @@ fn dump_workload(args: &[&str]) -> Checkpointed {
 fn restore_and_check(c: &Checkpointed, parallel: bool, devices: usize) -> PluginStats {
     let mut env = c.env.env();
     env.push((
-        "FERRY_PARALLEL_RESTORE".into(),
+        FERRY_PARALLEL_RESTORE.into(),
         if parallel { "1" } else { "0" }.into(),
     ));
     let run = restore(&c.env.images(), &c.libdir, &env);
@@ -188,7 +191,7 @@ fn a_process_tree_restores_every_task_devices_in_parallel() {
         "3",
     ]);
     let mut env = c.env.env();
-    env.push(("FERRY_PARALLEL_RESTORE".into(), "1".into()));
+    env.push((FERRY_PARALLEL_RESTORE.into(), "1".into()));
     let run = restore(&c.env.images(), &c.libdir, &env);
     assert!(run.ok, "criu restore failed:\n{}", run.log);
     // Each task sends its own plan; RESUME_DEVICES_LATE runs once per task.
@@ -226,7 +229,7 @@ fn a_process_tree_restores_every_task_devices_in_parallel() {
 fn failed_restore(c: &Checkpointed, extra: &[(&str, &str)], expect: &str) {
     let before = image_fingerprint(&c.env.images());
     let mut env = c.env.env();
-    env.push(("FERRY_IO_TIMEOUT".into(), "10".into()));
+    env.push((FERRY_IO_TIMEOUT.into(), "10".into()));
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let run = restore(&c.env.images(), &c.libdir, &env);
     assert!(!run.ok, "restore should have failed:\n{}", run.log);
@@ -257,10 +260,7 @@ fn a_copy_error_in_the_main_process_fails_the_restore() {
     let c = dump_workload(&["--devices", "1", "--device-mib", "32", "--host-mib", "8"]);
     failed_restore(
         &c,
-        &[
-            ("FERRY_TEST_FAULT", "copy-error"),
-            ("FERRY_CHUNK_SIZE", "1M"),
-        ],
+        &[(FERRY_TEST_FAULT, "copy-error"), (FERRY_CHUNK_SIZE, "1M")],
         "killing the task to fail the restore",
     );
 }
@@ -321,7 +321,7 @@ fn a_corrupt_command_header_fails_the_restore() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = dump_workload(&["--devices", "1", "--device-mib", "8", "--host-mib", "8"]);
-    failed_restore(&c, &[("FERRY_TEST_FAULT", "corrupt-header")], "bad magic");
+    failed_restore(&c, &[(FERRY_TEST_FAULT, "corrupt-header")], "bad magic");
 }
 
 #[test]
@@ -333,7 +333,7 @@ fn the_restored_task_dying_mid_send_fails_the_restore_without_a_hang() {
     let c = dump_workload(&["--devices", "1", "--device-mib", "8", "--host-mib", "8"]);
     failed_restore(
         &c,
-        &[("FERRY_TEST_FAULT", "child-exit-mid-send")],
+        &[(FERRY_TEST_FAULT, "child-exit-mid-send")],
         "closed the channel after",
     );
 }

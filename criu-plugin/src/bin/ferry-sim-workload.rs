@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use ferry_api::plugin_env::{FERRY_SIM_MEM, FERRY_SIM_ROOT};
 use ferry_criu_plugin::backends::sim::device::{SimContext, SimPaths};
 use serde::Serialize;
 
@@ -43,10 +44,10 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     procs: u32,
     /// Where sim device handles live.
-    #[arg(long, env = "FERRY_SIM_ROOT", default_value = "/var/lib/ferry-sim")]
+    #[arg(long, env = FERRY_SIM_ROOT, default_value = "/var/lib/ferry-sim")]
     sim_root: PathBuf,
     /// Where sim device memory lives.
-    #[arg(long, env = "FERRY_SIM_MEM", default_value = "/dev/shm/ferry-sim")]
+    #[arg(long, env = FERRY_SIM_MEM, default_value = "/dev/shm/ferry-sim")]
     sim_mem: PathBuf,
 }
 

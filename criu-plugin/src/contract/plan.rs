@@ -5,7 +5,7 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::backends::BackendId;
+use super::backend_id::BackendId;
 use crate::error::{PluginError, Result};
 
 /// One device's part of a plan.

@@ -9,9 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
-use crate::backends::CopyEngine;
-use crate::engine::images::{self, HEADER_LEN};
-use crate::engine::plan::PlanBuffer;
+use crate::contract::images::{self, HEADER_LEN};
+use crate::contract::{CopyEngine, PlanBuffer};
 use crate::error::{PluginError, Result};
 
 /// What one device copy did.

@@ -3,11 +3,12 @@
 
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+    SendAncillaryMessage, SendFlags, recvmsg, sendmsg, sockopt,
 };
 
 use crate::error::{PluginError, Result};
@@ -102,6 +103,14 @@ pub fn recv_exact(sock: BorrowedFd<'_>, buf: &mut [u8], what: &str) -> Result<Ve
         got += n;
     }
     Ok(fds)
+}
+
+/// Bounds every blocking read and write on `fd` by `t`, so a peer that dies or hangs
+/// mid-command ends in an error, not a hung CRIU.
+pub fn set_timeouts(fd: BorrowedFd<'_>, t: Duration) -> Result<()> {
+    sockopt::set_socket_timeout(fd, sockopt::Timeout::Recv, Some(t))
+        .and_then(|()| sockopt::set_socket_timeout(fd, sockopt::Timeout::Send, Some(t)))
+        .map_err(|e| PluginError::io("set restore socket timeouts", e.into()))
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! The vendor-neutral restore engine: copy plans, the pipelined copy, the socket protocol
-//! between the restored task and the main CRIU process, and the parallel worker.
+//! The vendor-neutral restore engine: the pipelined copy of one device, the socket protocol
+//! between a restored task and the main CRIU process, and the parallel worker. It sees the
+//! backends only through [`BackendLookup`](crate::contract::BackendLookup).
 
 pub mod copy;
 pub mod fdpass;
-pub mod images;
-pub mod plan;
 pub mod protocol;
 pub mod restore;
+mod results;
+mod run_plan;
+mod slots;
+mod worker;

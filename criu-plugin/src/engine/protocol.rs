@@ -1,6 +1,6 @@
 //! The wire format between a restored task and the main CRIU process.
 //!
-//! Every command travels on its own private `SOCK_STREAM` channel (see `restore.rs`):
+//! Every command travels on its own private `SOCK_STREAM` channel (see the engine's `restore` module):
 //!
 //! ```text
 //! header  32 B  magic "FRYC" | version u16 | kind u8 | backend u8 | ext_id u32 | pid u32
@@ -16,10 +16,11 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::backends::BackendId;
-use crate::engine::plan::{CopyPlan, PlanBuffer, PlanDevice};
+use crate::contract::{BackendId, CopyPlan, PlanBuffer, PlanDevice};
 use crate::error::{PluginError, Result};
 
+/// What a restored task sends on the rendezvous socket, with its channel's fd attached.
+pub const RENDEZVOUS_TAG: &[u8; 4] = b"FRYR";
 pub const MAGIC: [u8; 4] = *b"FRYC";
 pub const FD_BATCH_MAGIC: [u8; 4] = *b"FRYF";
 pub const VERSION: u16 = 1;

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use ferry_api::plugin_env::{FERRY_SIM_MEM, FERRY_SIM_ROOT};
+
 /// The plugin cdylib. `cargo test` builds it fresh into `deps/` beside the test binaries (it
 /// does not copy it up to `target/<profile>/`, which may hold a stale one). If it is missing,
 /// build it into a separate target dir (the outer cargo holds the main one's lock).
@@ -105,8 +107,8 @@ impl SimEnv {
     }
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            ("FERRY_SIM_ROOT".into(), self.root().display().to_string()),
-            ("FERRY_SIM_MEM".into(), self.mem().display().to_string()),
+            (FERRY_SIM_ROOT.into(), self.root().display().to_string()),
+            (FERRY_SIM_MEM.into(), self.mem().display().to_string()),
         ]
     }
     /// Drops every simulated device context: "VRAM" is gone, as after a migration.

@@ -3,13 +3,11 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::backends::BackendId;
-use crate::engine::plan::{CopyPlan, PlanBuffer, PlanDevice};
-use crate::error::{PluginError, Result};
-
 use super::images::pages_image;
 use super::ioctl::{KFD_INVALID_FD, KfdCriuBoBucket, alloc_flags};
 use super::proto::KfdBoEntry;
+use crate::contract::{BackendId, CopyPlan, PlanBuffer, PlanDevice};
+use crate::error::{PluginError, Result};
 
 /// `KFD_IOCTL_MAJOR_VERSION` the plugin speaks.
 pub const KFD_MAJOR: u32 = 1;

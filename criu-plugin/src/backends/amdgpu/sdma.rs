@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::backends::CopyEngine;
+use crate::contract::CopyEngine;
 use crate::error::{PluginError, Result};
 
 use super::ioctl::{

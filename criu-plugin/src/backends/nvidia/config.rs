@@ -15,6 +15,10 @@
 
 use std::path::PathBuf;
 
+use ferry_api::plugin_env::{
+    FERRY_CUDA_CALL_TIMEOUT_MS, FERRY_CUDA_LIB, FERRY_CUDA_LOCK_TIMEOUT_MS, FERRY_LEAVE_RUNNING,
+};
+
 use crate::config::parse_bool;
 use crate::error::{PluginError, Result};
 
@@ -49,32 +53,32 @@ impl NvidiaConfig {
 
     /// Reads settings through `get` and `args` (CRIU's argv).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>, args: &[String]) -> Result<Self> {
-        let lib = get("FERRY_CUDA_LIB")
+        let lib = get(FERRY_CUDA_LIB)
             .filter(|v| !v.trim().is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("libcuda.so.1"));
-        let lock_timeout_ms = match get("FERRY_CUDA_LOCK_TIMEOUT_MS") {
+        let lock_timeout_ms = match get(FERRY_CUDA_LOCK_TIMEOUT_MS) {
             None => 10_000,
             Some(v) => v.trim().parse().map_err(|_| {
                 PluginError::invalid(format!(
-                    "FERRY_CUDA_LOCK_TIMEOUT_MS={v} is not a number of milliseconds"
+                    "{FERRY_CUDA_LOCK_TIMEOUT_MS}={v} is not a number of milliseconds"
                 ))
             })?,
         };
-        let call_timeout_ms = match get("FERRY_CUDA_CALL_TIMEOUT_MS") {
+        let call_timeout_ms = match get(FERRY_CUDA_CALL_TIMEOUT_MS) {
             None => 600_000,
             Some(v) => match v.trim().parse() {
                 Ok(ms) if ms > 0 => ms,
                 _ => {
                     return Err(PluginError::invalid(format!(
-                        "FERRY_CUDA_CALL_TIMEOUT_MS={v} is not a positive number of milliseconds"
+                        "{FERRY_CUDA_CALL_TIMEOUT_MS}={v} is not a positive number of milliseconds"
                     )));
                 }
             },
         };
-        let (leave_running, leave_running_source) = match get("FERRY_LEAVE_RUNNING") {
+        let (leave_running, leave_running_source) = match get(FERRY_LEAVE_RUNNING) {
             Some(v) if !v.trim().is_empty() => (
-                parse_bool("FERRY_LEAVE_RUNNING", &v)?,
+                parse_bool(FERRY_LEAVE_RUNNING, &v)?,
                 LeaveRunningSource::Env,
             ),
             _ => (
@@ -150,10 +154,10 @@ mod tests {
 
     #[test]
     fn the_environment_overrides_the_command_line() {
-        let c = cfg(&[("FERRY_LEAVE_RUNNING", "0")], "criu dump -R").unwrap();
+        let c = cfg(&[(FERRY_LEAVE_RUNNING, "0")], "criu dump -R").unwrap();
         assert!(!c.leave_running);
         assert_eq!(c.leave_running_source, LeaveRunningSource::Env);
-        let c = cfg(&[("FERRY_LEAVE_RUNNING", "1")], "criu swrk 3").unwrap();
+        let c = cfg(&[(FERRY_LEAVE_RUNNING, "1")], "criu swrk 3").unwrap();
         assert!(c.leave_running);
         let c = cfg(&[], "criu dump -R").unwrap();
         assert!(c.leave_running);
@@ -166,11 +170,12 @@ mod tests {
         assert_eq!(c.lib, PathBuf::from("libcuda.so.1"));
         assert_eq!(c.lock_timeout_ms, 10_000);
         assert_eq!(c.call_timeout_ms, 600_000);
-        let e = cfg(&[("FERRY_CUDA_CALL_TIMEOUT_MS", "0")], "criu").unwrap_err();
+        let e = cfg(&[(FERRY_CUDA_CALL_TIMEOUT_MS, "0")], "criu").unwrap_err();
         assert!(e.to_string().contains("positive"), "{e}");
-        let e = cfg(&[("FERRY_CUDA_LOCK_TIMEOUT_MS", "soon")], "criu").unwrap_err();
+        let e = cfg(&[(FERRY_CUDA_LOCK_TIMEOUT_MS, "soon")], "criu").unwrap_err();
         assert!(
-            e.to_string().contains("FERRY_CUDA_LOCK_TIMEOUT_MS=soon"),
+            e.to_string()
+                .contains(&format!("{FERRY_CUDA_LOCK_TIMEOUT_MS}=soon")),
             "{e}"
         );
     }

@@ -1,7 +1,7 @@
 //! NVIDIA GPUs through the CUDA driver's process checkpoint API (r555+), called directly: no
 //! `cuda-checkpoint` binary, and the processes of one tree are handled concurrently.
 //!
-//! Hooks (CRIU 4.x order, see the reference notes §1 and §4):
+//! Hooks (CRIU 4.x order; `docs/nvidia.md` has the whole picture):
 //! - dump: PAUSE_DEVICES(pid), once per task while CRIU collects the tree, locks each CUDA
 //!   process (`cuCheckpointProcessLock`) and records its initial state. The first
 //!   CHECKPOINT_DEVICES checkpoints every locked process at once (one worker thread each) and
@@ -30,22 +30,25 @@
 pub mod config;
 pub mod driver;
 pub mod images;
+pub mod jobs;
 pub mod ptrace;
 pub mod topology;
+pub mod tree;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use ferry_api::stats::{GpuVendor, ProcessStats};
 
-use crate::abi::Stage;
-use crate::backends::{Backend, BackendId, Claim, Ctx};
+use self::config::NvidiaConfig;
+use self::driver::{Driver, ProcessState};
+use self::images::{IMAGE, IMAGE_VERSION, ImageProcess, NvidiaImage};
+use self::jobs::{Job, JobOutcome, Op, Runner};
+use self::tree::{kill, tree_pids};
+use crate::contract::{Backend, BackendId, Claim, Ctx, Stage};
 use crate::error::{PluginError, Result};
-
-use config::NvidiaConfig;
-use driver::{Driver, GpuPair, ProcessState};
-use images::{IMAGE, IMAGE_VERSION, ImageProcess, NvidiaImage};
+use crate::sys::criu::set_compel_interrupt_only_mode;
 
 /// The backend; inactive until `probe` found a usable driver.
 #[derive(Default)]
@@ -54,10 +57,8 @@ pub struct NvidiaBackend {
 }
 
 struct Active {
-    /// `None` only on a restore whose image has CUDA processes but whose node cannot load the
-    /// driver: then every restored CUDA task fails with `unusable`.
-    driver: Option<Arc<Driver>>,
-    unusable: String,
+    /// The driver (if it loaded) and the batches' call timeout.
+    runner: Runner,
     cfg: NvidiaConfig,
     inner: Mutex<Inner>,
 }
@@ -86,45 +87,6 @@ struct Inner {
     abandoned: HashSet<i32>,
 }
 
-/// A driver step of a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    Checkpoint,
-    Restore,
-    Unlock,
-    /// Put a process back to its state before the dump (`initial`): read its state, then
-    /// restore and/or unlock. The state is read here, on the worker while the restore thread
-    /// runs, because the driver's GetState waits for that thread (see [`rollback_ops`]).
-    Rollback(ProcessState),
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Checkpoint => "checkpoint",
-            Op::Restore => "restore",
-            Op::Unlock => "unlock",
-            Op::Rollback(_) => "rollback",
-        }
-    }
-}
-
-/// Work for one process: driver steps in order, run on its own worker thread.
-#[derive(Clone)]
-struct Job {
-    pid: i32,
-    ops: Vec<Op>,
-}
-
-/// What a worker reports back: seconds per step done, and the first error.
-struct JobOutcome {
-    pid: i32,
-    seconds: Vec<(Op, f64)>,
-    result: std::result::Result<(), String>,
-    /// The worker is still in the driver; the hook gave up on it.
-    abandoned: bool,
-}
-
 fn lock_inner(a: &Active) -> Result<std::sync::MutexGuard<'_, Inner>> {
     a.inner
         .lock()
@@ -139,149 +101,7 @@ impl NvidiaBackend {
 
 impl Active {
     fn driver(&self) -> Result<&Driver> {
-        self.driver
-            .as_deref()
-            .ok_or_else(|| PluginError::Device(self.unusable.clone()))
-    }
-
-    /// Runs `jobs` concurrently: the hook thread resumes each restore thread, one worker per
-    /// job calls the driver, the hook thread re-stops the restore threads. With
-    /// `allow_untraced`, a restore thread that is not stopped under our ptrace (a task CRIU
-    /// never seized, on a failed dump) is left alone and the driver is called anyway.
-    fn run_jobs(&self, jobs: Vec<Job>, pairs: &[GpuPair], allow_untraced: bool) -> Vec<JobOutcome> {
-        let Some(driver) = self.driver.as_ref() else {
-            return jobs
-                .into_iter()
-                .map(|j| JobOutcome {
-                    pid: j.pid,
-                    seconds: vec![],
-                    abandoned: false,
-                    result: Err(self.unusable.clone()),
-                })
-                .collect();
-        };
-        let mut outcomes = Vec::new();
-        let mut ready = Vec::new();
-        let mut resumed = Vec::new();
-        for job in jobs {
-            let tid = match driver.restore_thread_id(job.pid) {
-                Ok(t) => t,
-                Err(e) => {
-                    outcomes.push(JobOutcome {
-                        pid: job.pid,
-                        seconds: vec![],
-                        abandoned: false,
-                        result: Err(e.to_string()),
-                    });
-                    continue;
-                }
-            };
-            match ptrace::resume(tid) {
-                Ok(r) => {
-                    resumed.push((job.pid, r));
-                    ready.push(job);
-                }
-                Err(e) if allow_untraced && e.not_traced() => ready.push(job),
-                Err(e) => outcomes.push(JobOutcome {
-                    pid: job.pid,
-                    seconds: vec![],
-                    abandoned: false,
-                    result: Err(format!("cannot let the CUDA restore thread run: {e}")),
-                }),
-            }
-        }
-        let worked = self.run_workers(driver, ready, pairs);
-        outcomes.extend(worked);
-        for (pid, r) in resumed {
-            let tid = r.tid;
-            if let Err(e) = ptrace::stop(r) {
-                tracing::error!(
-                    pid,
-                    tid,
-                    "could not stop the CUDA restore thread again: {e}"
-                );
-                if let Some(o) = outcomes.iter_mut().find(|o| o.pid == pid)
-                    && o.result.is_ok()
-                {
-                    o.result = Err(format!("cannot stop the CUDA restore thread again: {e}"));
-                }
-            }
-        }
-        outcomes
-    }
-
-    /// One worker thread per job, calling the driver; waits for all of them at most the call
-    /// timeout. A worker still in the driver then is abandoned (see the module docs).
-    fn run_workers(
-        &self,
-        driver: &Arc<Driver>,
-        jobs: Vec<Job>,
-        pairs: &[GpuPair],
-    ) -> Vec<JobOutcome> {
-        let timeout = Duration::from_millis(self.cfg.call_timeout_ms);
-        let (tx, rx) = mpsc::channel::<JobOutcome>();
-        let mut outcomes = Vec::new();
-        let mut waiting: Vec<Job> = Vec::new();
-        for job in jobs {
-            let (driver, pairs, tx, work) =
-                (driver.clone(), pairs.to_vec(), tx.clone(), job.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("ferry-cuda-{}", job.pid))
-                .spawn(move || {
-                    // The receiver is gone only when the hook gave up on this worker.
-                    let _ = tx.send(run_job(&driver, &work, &pairs));
-                });
-            match spawned {
-                Ok(_) => waiting.push(job),
-                Err(e) => outcomes.push(JobOutcome {
-                    pid: job.pid,
-                    seconds: vec![],
-                    abandoned: false,
-                    result: Err(format!("cannot start a driver worker thread: {e}")),
-                }),
-            }
-        }
-        drop(tx);
-        let deadline = Instant::now() + timeout;
-        while !waiting.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(o) => {
-                    waiting.retain(|j| j.pid != o.pid);
-                    outcomes.push(o);
-                }
-                // A worker that panicked dropped its sender without sending.
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    for job in waiting.drain(..) {
-                        outcomes.push(JobOutcome {
-                            pid: job.pid,
-                            seconds: vec![],
-                            abandoned: false,
-                            result: Err("driver worker panicked".into()),
-                        });
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let pinned = crate::abi::pin_in_memory();
-                    for job in waiting.drain(..) {
-                        let ops: Vec<&str> = job.ops.iter().map(|o| o.name()).collect();
-                        outcomes.push(JobOutcome {
-                            pid: job.pid,
-                            seconds: vec![],
-                            result: Err(format!(
-                                "the CUDA driver did not finish {} of process {} within {} ms (FERRY_CUDA_CALL_TIMEOUT_MS); the process is left as it is{}",
-                                ops.join(" + "),
-                                job.pid,
-                                self.cfg.call_timeout_ms,
-                                if pinned { "" } else { " (and the plugin could not pin itself in memory)" }
-                            )),
-                            abandoned: true,
-                        });
-                    }
-                }
-            }
-        }
-        outcomes
+        self.runner.driver()
     }
 
     fn record(&self, inner: &mut Inner, outcomes: &[JobOutcome]) {
@@ -311,94 +131,6 @@ impl Active {
                 inner.abandoned.insert(o.pid);
             }
         }
-    }
-}
-
-/// The steps that put a process found in state `now` back to `initial`: restore what we
-/// checkpointed, unlock what we locked; a process found locked or checkpointed stays so.
-fn rollback_ops(initial: ProcessState, now: ProcessState) -> Vec<Op> {
-    let mut ops = Vec::new();
-    if now == ProcessState::Checkpointed && initial != ProcessState::Checkpointed {
-        ops.push(Op::Restore);
-    }
-    if initial == ProcessState::Running
-        && matches!(now, ProcessState::Locked | ProcessState::Checkpointed)
-    {
-        ops.push(Op::Unlock);
-    }
-    ops
-}
-
-/// Runs on a worker thread: driver calls only (no ptrace, no logging).
-fn run_job(driver: &Driver, job: &Job, pairs: &[GpuPair]) -> JobOutcome {
-    let mut seconds = Vec::new();
-    let mut ops = job.ops.clone();
-    let mut i = 0;
-    while i < ops.len() {
-        let op = ops[i];
-        i += 1;
-        let t = Instant::now();
-        let r = match op {
-            Op::Checkpoint => driver.checkpoint(job.pid),
-            Op::Restore => driver.restore(job.pid, pairs),
-            Op::Unlock => driver.unlock(job.pid),
-            Op::Rollback(initial) => match driver.state(job.pid) {
-                Ok(now) => {
-                    ops.splice(i..i, rollback_ops(initial, now));
-                    continue;
-                }
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = r {
-            return JobOutcome {
-                pid: job.pid,
-                seconds,
-                abandoned: false,
-                result: Err(e.to_string()),
-            };
-        }
-        seconds.push((op, t.elapsed().as_secs_f64()));
-    }
-    JobOutcome {
-        pid: job.pid,
-        seconds,
-        abandoned: false,
-        result: Ok(()),
-    }
-}
-
-/// Every task of the tree rooted at `root` (itself first), from `/proc/<pid>/task/*/children`.
-fn tree_pids(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let pid = out[i];
-        i += 1;
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            let path = t.path().join("children");
-            let Ok(text) = std::fs::read_to_string(path) else {
-                continue;
-            };
-            for c in text
-                .split_whitespace()
-                .filter_map(|c| c.parse::<i32>().ok())
-            {
-                if !out.contains(&c) {
-                    out.push(c);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn kill(pid: i32) {
-    if let Some(p) = rustix::process::Pid::from_raw(pid) {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
     }
 }
 
@@ -452,8 +184,11 @@ impl Backend for NvidiaBackend {
                 );
                 tracing::error!("{unusable}");
                 let _ = self.active.set(Active {
-                    driver: None,
-                    unusable,
+                    runner: Runner {
+                        driver: None,
+                        unusable,
+                        call_timeout_ms: cfg.call_timeout_ms,
+                    },
                     cfg,
                     inner: Mutex::new(Inner {
                         image: Some(img),
@@ -486,7 +221,7 @@ impl Backend for NvidiaBackend {
             // Like CRIU's cuda plugin: the restore threads must stay resumable, so CRIU must
             // stop tasks with ptrace interrupts, not only with the cgroup freezer.
             if cx.stage == Stage::Dump {
-                crate::abi::set_compel_interrupt_only_mode();
+                set_compel_interrupt_only_mode();
             }
         }
         tracing::info!(
@@ -500,8 +235,11 @@ impl Backend for NvidiaBackend {
             "nvidia backend ready"
         );
         let _ = self.active.set(Active {
-            driver: Some(Arc::new(driver)),
-            unusable: String::new(),
+            runner: Runner {
+                driver: Some(Arc::new(driver)),
+                unusable: String::new(),
+                call_timeout_ms: cfg.call_timeout_ms,
+            },
             cfg,
             inner: Mutex::new(inner),
         });
@@ -593,7 +331,7 @@ impl Backend for NvidiaBackend {
                 "nvidia checkpoint batch starts"
             );
             let t = Instant::now();
-            let outcomes = a.run_jobs(jobs, &[], false);
+            let outcomes = a.runner.run_jobs(jobs, &[], false);
             inner.gpu_phase_seconds = t.elapsed().as_secs_f64();
             a.record(&mut inner, &outcomes);
             for o in outcomes {
@@ -797,7 +535,7 @@ impl NvidiaBackend {
             );
         }
         let t = Instant::now();
-        let outcomes = a.run_jobs(jobs, &pairs, false);
+        let outcomes = a.runner.run_jobs(jobs, &pairs, false);
         let secs = t.elapsed().as_secs_f64();
         inner.gpu_phase_seconds += secs;
         a.record(inner, &outcomes);
@@ -845,7 +583,7 @@ impl NvidiaBackend {
             .collect();
         let n = jobs.len();
         let t = Instant::now();
-        let outcomes = a.run_jobs(jobs, &[], true);
+        let outcomes = a.runner.run_jobs(jobs, &[], true);
         a.record(inner, &outcomes);
         tracing::info!(
             processes = n,

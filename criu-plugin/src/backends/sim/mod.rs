@@ -2,6 +2,7 @@
 //! [`device`] for why the device is shaped this way). Always built; active wherever a sim
 //! node could be made (root, a misc device to borrow numbers from).
 
+pub mod config;
 pub mod device;
 pub mod mapping;
 
@@ -13,12 +14,16 @@ use std::time::{Duration, Instant};
 
 use ferry_api::stats::{DeviceStats, GpuVendor};
 
-use crate::backends::{Backend, BackendId, Claim, CopyEngine, Ctx};
+use ferry_api::plugin_env::FERRY_TEST_FAULT;
+
+use self::config::SimConfig;
+use self::device::{ContextMeta, SimPaths};
 use crate::config::Fault;
-use crate::engine::images;
-use crate::engine::plan::{CopyPlan, PlanBuffer, PlanDevice};
+use crate::contract::images;
+use crate::contract::{
+    Backend, BackendId, Claim, CopyEngine, CopyPlan, Ctx, PlanBuffer, PlanDevice,
+};
 use crate::error::{IoContext, PluginError, Result};
-use device::{ContextMeta, SimPaths};
 
 /// Image with a context's metadata, per CRIU ext-file id.
 pub fn ctx_image(id: u32) -> String {
@@ -33,11 +38,25 @@ pub fn pages_image(id: u32, device: u32) -> String {
 /// Largest metadata image accepted.
 const MAX_META: u64 = 1 << 20;
 
+/// The sim backend, with its settings.
 #[derive(Default)]
-pub struct SimBackend {}
+pub struct SimBackend {
+    cfg: SimConfig,
+}
 
-fn paths(cx: &Ctx<'_>) -> SimPaths {
-    SimPaths::new(&cx.config.sim_root, &cx.config.sim_mem)
+impl SimBackend {
+    pub fn new(cfg: SimConfig) -> Self {
+        SimBackend { cfg }
+    }
+
+    /// Settings from the process environment.
+    pub fn from_env() -> Result<Self> {
+        SimConfig::from_env().map(Self::new)
+    }
+
+    fn paths(&self) -> SimPaths {
+        SimPaths::new(&self.cfg.root, &self.cfg.mem)
+    }
 }
 
 impl Backend for SimBackend {
@@ -59,12 +78,12 @@ impl Backend for SimBackend {
         let Ok(target) = std::fs::read_link(&link) else {
             return Ok(Claim::NotMine);
         };
-        let p = paths(cx);
+        let p = self.paths();
         let Some(uuid) = p.uuid_of_node(&target) else {
             return Ok(Claim::NotMine);
         };
         if cx.config.fault == Some(Fault::Panic) {
-            panic!("FERRY_TEST_FAULT=panic: sim DUMP_EXT_FILE panics on purpose");
+            panic!("{FERRY_TEST_FAULT}=panic: sim DUMP_EXT_FILE panics on purpose");
         }
         let started = Instant::now();
         let meta = p.read_meta(&uuid)?;
@@ -121,7 +140,7 @@ impl Backend for SimBackend {
                 meta.version
             )));
         }
-        let p = paths(cx);
+        let p = self.paths();
         let files = p.recreate(&meta)?;
         let handle = p.open_node(&meta.uuid)?;
         let mut read_offset = 0u64;
@@ -160,7 +179,7 @@ impl Backend for SimBackend {
     fn copy_engine(&self, cx: &Ctx<'_>, device_key: u64) -> Result<Box<dyn CopyEngine>> {
         Ok(Box::new(SimCopy {
             device: device_key,
-            bandwidth: cx.config.sim_bandwidth,
+            bandwidth: self.cfg.bandwidth,
             fail: cx.config.fault == Some(Fault::CopyError),
             started: None,
             written: 0,
@@ -181,7 +200,7 @@ impl SimCopy {
     fn check_fault(&self) -> Result<()> {
         if self.fail && self.written > 0 {
             return Err(PluginError::Copy(format!(
-                "sim{}: injected copy error (FERRY_TEST_FAULT=copy-error) after {} bytes",
+                "sim{}: injected copy error ({FERRY_TEST_FAULT}=copy-error) after {} bytes",
                 self.device, self.written
             )));
         }
