@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
-use ferry_service::{Endpoints, LogFormat, init_tracing, shutdown_signal};
+use ferry_agent::cluster::grants::{CachedGrants, SecretGrants};
+use ferry_agent::cluster::lease::{self, LeaseConfig};
 use ferry_agent::executor::{RuntimeMode, Worker, WorkerConfig};
-use ferry_agent::grants::{CachedGrants, SecretGrants};
 use ferry_agent::intake::{self, IntakeConfig};
-use ferry_agent::lease::{self, LeaseConfig};
-use ferry_agent::telemetry::metrics::Metrics;
 use ferry_agent::runtime::containerd::Ctr;
 use ferry_agent::runtime::criu::Criu;
 use ferry_agent::runtime::kubelet::KubeletApi;
-use ferry_agent::store::{GcPolicy, Store, Stores};
+use ferry_agent::store::{GcFollowUp, GcLoop, GcPolicy, GcReport, Store, Stores};
+use ferry_agent::telemetry::metrics::Metrics;
 use ferry_agent::transfer::{NodeIdentity, ServerTransport, TransferServer};
 use ferry_api::names::agent;
+use ferry_service::{Endpoints, LogFormat, init_tracing, shutdown_signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -209,18 +209,11 @@ async fn main() -> Result<()> {
         )),
         ServerTransport::Tls(identity.server_config()?),
     )?;
-    let advertise = match (&args.advertise_url, &args.node_ip) {
-        (Some(url), _) => url.clone(),
-        (None, Some(ip)) => {
-            let host = if ip.contains(':') {
-                format!("[{ip}]")
-            } else {
-                ip.clone()
-            };
-            format!("https://{host}:{}", transfer.local_addr().port())
-        }
-        (None, None) => format!("https://{}", transfer.local_addr()),
-    };
+    let advertise = lease::advertise_url(
+        args.advertise_url.as_deref(),
+        args.node_ip.as_deref(),
+        transfer.local_addr(),
+    );
     info!(
         node = %args.node_name,
         transfer = %transfer.local_addr(),
@@ -268,81 +261,21 @@ async fn main() -> Result<()> {
     };
     // Checkpoint images imported into containerd are collected with the store's images.
     let image_ctr = matches!(args.runtime, Runtime::Containerd).then(|| ctr.clone());
-    let gc_task = {
-        let stores = stores.clone();
-        let metrics = metrics.clone();
-        let policy = GcPolicy {
-            ttl: (args.gc_ttl_hours > 0)
-                .then(|| jiff::SignedDuration::from_hours(args.gc_ttl_hours as i64)),
-            quota_bytes: (args.gc_quota_gib > 0).then_some(args.gc_quota_gib << 30),
-        };
-        let every = Duration::from_secs(args.gc_every_seconds.max(1));
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.wait_for(|s| *s) => break,
+    let gc_task = tokio::spawn(
+        GcLoop {
+            stores: stores.clone(),
+            policy: GcPolicy::from_hours_and_gib(args.gc_ttl_hours, args.gc_quota_gib),
+            every: Duration::from_secs(args.gc_every_seconds.max(1)),
+            on_report: Some(Arc::new({
+                let metrics = metrics.clone();
+                move |store: &str, r: &GcReport| {
+                    metrics.store_gc(store, r.deleted.len(), r.remaining_bytes)
                 }
-                let stores = stores.clone();
-                let policy = policy.clone();
-                let image_ctr = image_ctr.clone();
-                // Partials of running pulls are younger than the TTL; quota GC only deletes
-                // published images, oldest first. Each store has the TTL and its own quota.
-                let done = tokio::task::spawn_blocking(move || {
-                    let reports: Vec<_> = stores
-                        .all()
-                        .map(|s| {
-                            let root = s.root().display().to_string();
-                            (
-                                root,
-                                s.gc(&policy, jiff::Timestamp::now(), &Default::default()),
-                            )
-                        })
-                        .collect();
-                    let removed = image_ctr.map(|ctr| {
-                        ferry_agent::runtime::containerd::gc::collect(&ctr, &stores, Duration::from_secs(60))
-                    });
-                    (reports, removed)
-                })
-                .await;
-                match done {
-                    Ok((reports, removed)) => {
-                        for (store, report) in reports {
-                            match report {
-                                Ok(r) => {
-                                    metrics.store_gc(&store, r.deleted.len(), r.remaining_bytes);
-                                    if !r.deleted.is_empty() {
-                                        info!(
-                                            store,
-                                            deleted = ?r.deleted,
-                                            freed = r.freed_bytes,
-                                            "image GC"
-                                        )
-                                    }
-                                }
-                                Err(e) => warn!(store, error = %e, "image GC failed"),
-                            }
-                        }
-                        match removed {
-                            Some(Ok(refs)) if !refs.is_empty() => {
-                                metrics.containerd_images_removed(refs.len());
-                                info!(
-                                    removed = ?refs,
-                                    "checkpoint images no pod or stored image needs removed from containerd"
-                                )
-                            }
-                            Some(Err(e)) => {
-                                warn!(error = %e, "containerd checkpoint image GC failed")
-                            }
-                            _ => {}
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "image GC worker failed"),
-                }
-            }
-        })
-    };
+            })),
+            follow_up: image_ctr.map(|ctr| containerd_image_gc(ctr, metrics.clone())),
+        }
+        .run(stop_rx.clone()),
+    );
 
     let mut criu = Criu::new(&args.criu);
     if let Some(dir) = &args.plugin_dir {
@@ -409,6 +342,24 @@ async fn main() -> Result<()> {
     let _ = http.await;
     info!("ferry-agent stopped");
     Ok(())
+}
+
+/// The GC rounds' follow-up with the containerd runtime: checkpoint images imported into
+/// containerd that no pod and no stored image needs any more.
+fn containerd_image_gc(ctr: Ctr, metrics: Arc<Metrics>) -> GcFollowUp {
+    Arc::new(move |stores: &Stores| {
+        match ferry_agent::runtime::containerd::gc::collect(&ctr, stores, Duration::from_secs(60)) {
+            Ok(refs) if !refs.is_empty() => {
+                metrics.containerd_images_removed(refs.len());
+                info!(
+                    removed = ?refs,
+                    "checkpoint images no pod or stored image needs removed from containerd"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "containerd checkpoint image GC failed"),
+        }
+    })
 }
 
 /// The kubelet checkpoint API client from the `--kubelet-*` flags.
