@@ -141,8 +141,8 @@ pub fn parse_size(name: &str, v: &str) -> Result<u64> {
         .ok_or_else(|| PluginError::invalid(format!("{name}={v} overflows 64 bits")))
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;

@@ -86,8 +86,8 @@ pub fn create_pages(host: &Host, name: &str, len: u64) -> Result<std::fs::File> 
     Ok(f)
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(test)]
 mod tests {
     use super::*;
 

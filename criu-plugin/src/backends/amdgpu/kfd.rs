@@ -199,8 +199,8 @@ pub fn copy_plan_for(
     Ok(plan)
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -255,8 +255,8 @@ pub fn kfd_resume(fd: BorrowedFd<'_>, pid: u32) -> io::Result<()> {
     criu_op(fd, &mut args)
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -37,8 +37,8 @@ pub fn ensure_named_semaphore(name: &std::ffi::CStr) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -74,8 +74,8 @@ impl Checks {
     }
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -474,8 +474,8 @@ pub fn restore_gpu_map(src: &Topology, dest: &Topology, checks: &Checks) -> Resu
     Ok(maps)
 }
 
-#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(test)]
 mod tests {
     use super::super::model::IoLink;
     use super::*;
