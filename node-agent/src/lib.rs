@@ -1,5 +1,5 @@
-//! ferry's node agent (DESIGN.md §4): checkpoints the node's containers with CRIU, keeps the
-//! images in a store, streams them to other nodes' agents and restores them.
+//! ferry's node agent (ARCHITECTURE.md §4): checkpoints the node's containers with CRIU, keeps
+//! the images in a store, streams them to other nodes' agents and restores them.
 //!
 //! The binary (`src/main.rs`) wires these together; each module is one idea.
 

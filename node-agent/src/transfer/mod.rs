@@ -1,7 +1,7 @@
-//! Image transfer between agents (ARCHITECTURE.md, "the node agent"): the target agent pulls a
-//! published image from the source agent over HTTPS, streaming with bounded memory, resuming
-//! by file and offset, and verifying every file's SHA-256 before the image is published in its
-//! store (and so before anything can be restored from it).
+//! Image transfer between agents (ARCHITECTURE.md §4): the target agent pulls a published image
+//! from the source agent over HTTPS, streaming with bounded memory, resuming by file and
+//! offset, and verifying every file's SHA-256 before the image is published in its store (and
+//! so before anything can be restored from it).
 //!
 //! - `error`: [`TransferError`].
 //! - [`tls`]: each agent's self-signed serving certificate, pinned by fingerprint.
