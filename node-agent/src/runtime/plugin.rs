@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use ferry_api::plugin_env::FERRY_PARALLEL_RESTORE;
 use ferry_api::stats::PluginStats;
 
 use crate::runtime::error::{Result, RuntimeError, io_err};
@@ -10,7 +11,7 @@ use crate::runtime::error::{Result, RuntimeError, io_err};
 /// The environment for ferry's plugin from a task's options.
 pub fn plugin_env(parallel_restore: bool) -> Vec<(String, String)> {
     vec![(
-        "FERRY_PARALLEL_RESTORE".to_string(),
+        FERRY_PARALLEL_RESTORE.to_string(),
         if parallel_restore { "1" } else { "0" }.to_string(),
     )]
 }

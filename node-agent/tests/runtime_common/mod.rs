@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ferry_agent::runtime::RuntimeError;
 use ferry_agent::store::{Image, Store};
+use ferry_api::plugin_env;
 
 pub const CRIU: &str = "/usr/local/sbin/criu";
 pub const RUNC: &str = "/usr/sbin/runc";
@@ -209,11 +210,11 @@ impl SimWorkload {
     pub fn env(dir: &Path) -> Vec<(String, String)> {
         vec![
             (
-                "FERRY_SIM_ROOT".into(),
+                plugin_env::FERRY_SIM_ROOT.into(),
                 dir.join("sim-root").display().to_string(),
             ),
             (
-                "FERRY_SIM_MEM".into(),
+                plugin_env::FERRY_SIM_MEM.into(),
                 dir.join("sim-mem").display().to_string(),
             ),
         ]
