@@ -7,7 +7,7 @@
 //! ratio, which is the case the parallel design is for: ideally parallel wall is the larger
 //! of the two phases, sequential the sum.
 //!
-//! `cargo build --release -p ferry-criu-plugin && target/release/restore-bench`
+//! `cargo build --release -p ferry-criu-plugin -p ferry-bench && target/release/restore-bench`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use ferry_api::plugin_env;
 use ferry_api::stats::{PluginStats, RESTORE_STATS_FILE};
 use serde::Serialize;
 
@@ -86,7 +87,7 @@ fn artifacts() -> Result<Paths> {
     for p in [&so, &workload] {
         ensure!(
             p.exists(),
-            "{} is missing: run `cargo build --release -p ferry-criu-plugin` first",
+            "{} is missing: run `cargo build --release -p ferry-criu-plugin -p ferry-bench` first",
             p.display()
         );
     }
@@ -103,11 +104,11 @@ impl Bench {
     fn sim_env(&self) -> Vec<(String, String)> {
         vec![
             (
-                "FERRY_SIM_ROOT".into(),
+                plugin_env::FERRY_SIM_ROOT.into(),
                 self.args.work.join("sim-root").display().to_string(),
             ),
             (
-                "FERRY_SIM_MEM".into(),
+                plugin_env::FERRY_SIM_MEM.into(),
                 "/dev/shm/ferry-restore-bench".into(),
             ),
         ]
@@ -185,11 +186,11 @@ impl Bench {
         let _ = std::fs::remove_file(images.join(RESTORE_STATS_FILE));
         let mut env = self.sim_env();
         env.push((
-            "FERRY_PARALLEL_RESTORE".into(),
+            plugin_env::FERRY_PARALLEL_RESTORE.into(),
             if parallel { "1" } else { "0" }.into(),
         ));
         env.push((
-            "FERRY_SIM_BANDWIDTH".into(),
+            plugin_env::FERRY_SIM_BANDWIDTH.into(),
             self.args.bandwidth.to_string(),
         ));
         let img = images.display().to_string();
