@@ -204,6 +204,8 @@ pub mod metric {
     /// Counter `{kind=store|containerd}`: images GC removed (store images; checkpoint images
     /// imported into containerd, aliases included).
     pub const GC_REMOVED_IMAGES_TOTAL: &str = "ferry_gc_removed_images_total";
+    /// Counter: image pulls the transfer server refused for a missing, wrong or expired token.
+    pub const TRANSFER_AUTH_FAILURES_TOTAL: &str = "ferry_transfer_auth_failures_total";
 
     // Operator.
     /// Histogram: seconds of one reconcile.
@@ -216,7 +218,7 @@ pub mod metric {
     pub const RECONCILE_ERRORS_TOTAL: &str = "ferry_reconcile_errors_total";
 
     /// Every metric name.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         CHECKPOINT_DURATION_SECONDS,
         RESTORE_DURATION_SECONDS,
         GPU_RESTORE_DURATION_SECONDS,
@@ -229,6 +231,7 @@ pub mod metric {
         TASKS_TOTAL,
         STORE_BYTES,
         GC_REMOVED_IMAGES_TOTAL,
+        TRANSFER_AUTH_FAILURES_TOTAL,
         RECONCILE_DURATION_SECONDS,
         REQUESTS,
         MIGRATION_DOWNTIME_SECONDS,

@@ -88,7 +88,7 @@ impl Metrics {
             &["direction"],
         )?;
         let transfer_auth_failures = IntCounter::new(
-            "ferry_transfer_auth_failures_total",
+            metric::TRANSFER_AUTH_FAILURES_TOTAL,
             "Pulls refused for a missing, wrong or expired token.",
         )?;
         registry.register(Box::new(transfer_auth_failures.clone()))?;
