@@ -32,7 +32,7 @@ impl Cluster {
     }
 
     /// Waits until every node in `names` (among those matching `selector`) is Ready.
-    fn wait_labelled_nodes_ready(
+    pub(super) fn wait_labelled_nodes_ready(
         &self,
         names: &[String],
         selector: &str,
