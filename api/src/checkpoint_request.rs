@@ -7,6 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::outcome::GpuInfo;
 use crate::outcome::{ImageSummary, StepTimings};
 use crate::storage::StorageSpec;
 use crate::validation::{
@@ -326,21 +327,6 @@ pub struct CheckpointInfo {
     /// fields sit beside `node` and `location`).
     #[serde(flatten)]
     pub image: ImageSummary,
-}
-
-/// One GPU in a checkpoint.
-#[derive(JsonSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[schemars(transform = crate::schema::absent_not_null)]
-pub struct GpuInfo {
-    /// Backend-specific id: AMD gpu_id in hex, NVIDIA UUID, sim device index.
-    pub id: String,
-    /// Product name (e.g. "MI300X", "H100"), used to find a compatible target node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Bytes of this GPU's memory in the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_bytes: Option<i64>,
 }
 
 /// Step durations of a request, in milliseconds.

@@ -1,5 +1,5 @@
 //! What a checkpoint and a restore measure, defined once: the image's summary
-//! ([`ImageSummary`]) and the step durations ([`StepTimings`]). A NodeTask's result
+//! ([`ImageSummary`], with its [`GpuInfo`]s) and the step durations ([`StepTimings`]). A NodeTask's result
 //! (`TaskResult`, `TaskTimings`) reports them from the agent, and a CheckpointRequest's status
 //! (`CheckpointInfo`, `RequestTimings`) carries them on; both embed these with
 //! `#[serde(flatten)]`, so the JSON and the CRD schemas keep the flat field lists they had.
@@ -11,7 +11,7 @@ use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::checkpoint_request::{GpuInfo, GpuVendor};
+use crate::stats::GpuVendor;
 
 /// A checkpoint image: its size, what memory it holds, its digest.
 #[derive(JsonSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,21 @@ pub struct ImageSummary {
     /// `archiveContainers`): the restored pod runs them from containerd checkpoint images.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub archive_containers: Vec<String>,
+}
+
+/// One GPU in a checkpoint.
+#[derive(JsonSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::absent_not_null)]
+pub struct GpuInfo {
+    /// Backend-specific id: AMD gpu_id in hex, NVIDIA UUID, sim device index.
+    pub id: String,
+    /// Product name (e.g. "MI300X", "H100"), used to find a compatible target node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Bytes of this GPU's memory in the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
 }
 
 /// Step durations, in milliseconds.

@@ -174,7 +174,7 @@ mod tests {
         let status =
             |source: bool, started: bool, target: bool, restored: bool| CheckpointRequestStatus {
                 source_node: source.then(|| "a".to_string()),
-                start_time: started.then(|| Time(Timestamp::UNIX_EPOCH)),
+                start_time: started.then_some(Time(Timestamp::UNIX_EPOCH)),
                 target_node: target.then(|| "b".to_string()),
                 restored_pod_name: restored.then(|| "p-restored-x".to_string()),
                 ..Default::default()

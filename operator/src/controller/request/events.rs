@@ -103,6 +103,14 @@ mod tests {
     use ferry_api::CheckpointRequestSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+    /// Phase, target node, Ready reason, and the Event expected: type, reason, note.
+    type Case = (
+        RequestPhase,
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<(EventType, &'static str, &'static str)>,
+    );
+
     #[test]
     fn each_phase_has_its_event() {
         let req = CheckpointRequest::new("r", CheckpointRequestSpec::for_pod("p"));
@@ -111,16 +119,13 @@ mod tests {
             status: "False".into(),
             reason: reason.into(),
             message: format!("{reason} message"),
-            last_transition_time: Default::default(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
             observed_generation: None,
         };
         // (phase, target node, Ready reason, expected Event: type, reason, note)
-        let table: [(
-            RequestPhase,
-            Option<&str>,
-            Option<&str>,
-            Option<(EventType, &str, &str)>,
-        ); 8] = [
+        let table: [Case; 8] = [
             (RequestPhase::Pending, None, None, None),
             (
                 RequestPhase::Checkpointing,

@@ -164,10 +164,18 @@ mod tests {
         pod
     }
 
+    /// The pod, the containers asked for, the node or the reason, words the message has.
+    type Case = (
+        Option<Pod>,
+        &'static [&'static str],
+        Result<&'static str, &'static str>,
+        &'static [&'static str],
+    );
+
     #[test]
     fn the_source_pod_must_exist_run_on_a_node_and_have_the_containers() {
         // (pod, containers asked for, the node or the reason, words the message has)
-        let table: [(Option<Pod>, &[&str], Result<&str, &str>, &[&str]); 7] = [
+        let table: [Case; 7] = [
             (
                 None,
                 &[],
@@ -269,7 +277,7 @@ mod tests {
             creation_timestamp: Some(Time(
                 jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(created),
             )),
-            deletion_timestamp: deleting.then(|| Time(jiff::Timestamp::UNIX_EPOCH)),
+            deletion_timestamp: deleting.then_some(Time(jiff::Timestamp::UNIX_EPOCH)),
             ..Default::default()
         };
         r.status = Some(CheckpointRequestStatus {
