@@ -124,6 +124,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// An agent's node-bound identity (Pod, token, kubeconfig) is not what it must be.
+    #[error("the agent identity for node {node}: {what}")]
+    AgentIdentity {
+        /// The node the identity is for.
+        node: String,
+        /// What is wrong.
+        what: String,
+    },
+
     /// A real node could not be set up or driven.
     #[error("real node {node}: {what}")]
     Node {

@@ -11,6 +11,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod counter;
 pub mod error;
+pub mod identity;
 pub mod migration;
 pub mod node;
 pub mod pki;

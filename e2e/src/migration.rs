@@ -21,10 +21,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
+use crate::identity::{
+    AGENT_SERVICE_ACCOUNT, AgentIdentity, OPERATOR_SERVICE_ACCOUNT, agent_identity,
+    apply_node_scope_policy, ensure_service_account,
+};
 use crate::{Cluster, Options, User, workspace_root};
 
 /// Namespace of the agents' and the operator's Leases.
-pub const SYSTEM_NAMESPACE: &str = "ferry-system";
+pub use crate::identity::SYSTEM_NAMESPACE;
 /// Namespace of the demo workload.
 pub const NAMESPACE: &str = "demo";
 /// The pod that stands for the workload.
@@ -199,50 +203,61 @@ fn verify(status: &Path) -> Result<Value> {
     Ok(serde_json::from_slice(&fs::read(status)?)?)
 }
 
-/// Runs the scenario. The cluster and every process stop when it returns.
-/// Applies the RBAC of `manifests/rbac/` and binds it to the users of the harness's client
-/// certificates (`ferry-operator`, `ferry-agent`), so that the operator and the agents run
-/// with exactly those roles. `SYSTEM_NAMESPACE` must exist.
+/// Applies the RBAC of `manifests/rbac/` and the agents' node-scope policy of
+/// `manifests/policy/` (waiting until it is enforced), creates the ServiceAccounts they bind
+/// (`ferry-agent`, `ferry-operator`), and binds the operator's role to the user of the harness's
+/// operator client certificate (`ferry-operator`) too, so that the operator and the agents run
+/// with exactly those roles. The agents authenticate as their ServiceAccount with node-bound
+/// tokens ([`agent_identity`]). `SYSTEM_NAMESPACE` must exist.
 pub fn bind_ferry_rbac(cluster: &Cluster) -> crate::Result<()> {
     let rbac = workspace_root().join("manifests/rbac");
     cluster.kubectl(&["apply", "-f", &rbac.display().to_string()])?;
-    for role in ["ferry-operator", "ferry-agent"] {
-        cluster.kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &format!("{role}-user"),
-            &format!("--clusterrole={role}"),
-            &format!("--user={role}"),
-        ])?;
-        cluster.kubectl(&[
-            "create",
-            "rolebinding",
-            &format!("{role}-user"),
-            "-n",
-            SYSTEM_NAMESPACE,
-            &format!("--role={role}"),
-            &format!("--user={role}"),
-        ])?;
+    for account in [AGENT_SERVICE_ACCOUNT, OPERATOR_SERVICE_ACCOUNT] {
+        ensure_service_account(cluster, account)?;
     }
+    apply_node_scope_policy(cluster)?;
+    // The operator runs with its client certificate (user `ferry-operator`): its roles too.
+    let role = OPERATOR_SERVICE_ACCOUNT;
+    cluster.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        &format!("{role}-user"),
+        &format!("--clusterrole={role}"),
+        &format!("--user={role}"),
+    ])?;
+    cluster.kubectl(&[
+        "create",
+        "rolebinding",
+        &format!("{role}-user"),
+        "-n",
+        SYSTEM_NAMESPACE,
+        &format!("--role={role}"),
+        &format!("--user={role}"),
+    ])?;
     Ok(())
 }
 
-/// A `ferry-agent` for `node` on loopback, as the e2e tests run it: the agent's RBAC identity,
-/// the agents' namespace, metrics and transfer ports, its own store and state dir under `dir`
-/// (`store`, `state`), heartbeats every 2 s. The caller adds the runtime and its flags.
+/// A `ferry-agent` on loopback for the node of `identity`, as the e2e tests run it: the
+/// agent's ServiceAccount with the token bound to its node ([`agent_identity`]), the agents'
+/// namespace, metrics and transfer ports, its own store and state dir under `dir` (`store`,
+/// `state`), heartbeats every 2 s. The caller adds the runtime and its flags.
 pub fn agent_command(
     bin: &Path,
-    cluster: &Cluster,
-    node: &str,
+    identity: &AgentIdentity,
     dir: &Path,
     metrics: u16,
     transfer: u16,
 ) -> Command {
     let mut agent = Command::new(bin);
     agent
-        .env("KUBECONFIG", cluster.kubeconfig(User::Agent))
+        .env("KUBECONFIG", &identity.kubeconfig)
         .env("RUST_LOG", "info,ferry_agent=debug")
-        .args(["--node-name", node, "--namespace", SYSTEM_NAMESPACE])
+        .args([
+            "--node-name",
+            &identity.node,
+            "--namespace",
+            SYSTEM_NAMESPACE,
+        ])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
         .args(["--transfer-addr", &format!("127.0.0.1:{transfer}")])
         .args(["--advertise-url", &format!("https://127.0.0.1:{transfer}")])
@@ -254,6 +269,7 @@ pub fn agent_command(
     agent
 }
 
+/// Runs the scenario. The cluster and every process stop when it returns.
 pub fn run(opts: &MigrationOptions) -> Result<MigrationReport> {
     let say = |line: String| {
         if opts.verbose {
@@ -343,14 +359,8 @@ pub fn run(opts: &MigrationOptions) -> Result<MigrationReport> {
         let letter = if i == 0 { "a" } else { "b" };
         let (metrics, transfer) = (free_port()?, free_port()?);
         metrics_ports.push(metrics);
-        let mut agent = agent_command(
-            &agent_bin,
-            &cluster,
-            node,
-            &work.join(letter),
-            metrics,
-            transfer,
-        );
+        let identity = agent_identity(&cluster, node)?;
+        let mut agent = agent_command(&agent_bin, &identity, &work.join(letter), metrics, transfer);
         agent
             .envs(sim_env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["--runtime", "process"])

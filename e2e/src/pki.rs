@@ -32,7 +32,9 @@ pub enum User {
     Admin,
     /// ferry's operator (user `ferry-operator`, group `ferry:operators`; no RBAC bound yet).
     Operator,
-    /// ferry's node agent (user `ferry-agent`, group `ferry:agents`; no RBAC bound yet).
+    /// A client certificate for user `ferry-agent`, group `ferry:agents`, with no RBAC bound. The
+    /// harness's agents do not use it: they authenticate as the ServiceAccount
+    /// `ferry-system/ferry-agent` with node-bound tokens ([`crate::identity`]).
     Agent,
     /// kube-controller-manager (`system:kube-controller-manager`, bound by the default RBAC policy).
     ControllerManager,
@@ -358,6 +360,32 @@ impl Pki {
         );
         write(&path, &format!("{config:#}\n"))?;
         Ok(path)
+    }
+
+    /// Writes a kubeconfig at `path` that reaches `server` as `user` with the bearer `token`
+    /// (an agent's node-bound ServiceAccount token, see [`crate::identity`]).
+    pub fn write_token_kubeconfig(
+        &self,
+        user: &str,
+        server: &str,
+        token: &str,
+        path: &Path,
+    ) -> Result<()> {
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{
+                "name": "ferry-e2e",
+                "cluster": { "server": server, "certificate-authority": self.ca_cert() },
+            }],
+            "users": [{ "name": user, "user": { "token": token } }],
+            "contexts": [{
+                "name": "ferry-e2e",
+                "context": { "cluster": "ferry-e2e", "user": user },
+            }],
+            "current-context": "ferry-e2e",
+        });
+        write(path, &format!("{config:#}\n"))
     }
 }
 

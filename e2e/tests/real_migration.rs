@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! A CheckpointRequest migrates a real pod between two real kubelet + containerd nodes: the
 //! real operator, and a real agent per node in `--runtime containerd` mode. The source agent
-//! checkpoints through its kubelet's checkpoint API (client certificate from the harness PKI,
+//! checkpoints through its kubelet's checkpoint API (its node-bound ServiceAccount token,
 //! authorized by `nodes/checkpoint` in manifests/rbac/agent.yaml), the target agent pulls the
 //! image over TLS and imports each archive as a containerd checkpoint image, and the kubelet
 //! on the target creates the restored pod's container from it. The counter must count on from
@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::counter::{self, counts};
+use ferry_e2e::identity::agent_identity;
 use ferry_e2e::migration::{agent_command, bind_ferry_rbac};
 use ferry_e2e::node::unsupported_reason;
 use ferry_e2e::{Cluster, NodeBinaries, Options, User, workspace_root};
@@ -106,7 +107,7 @@ fn a_real_pod_migrates_between_two_real_nodes_through_the_operator() {
     cluster
         .kubectl(&["create", "namespace", SYSTEM_NAMESPACE])
         .unwrap();
-    // The kubelet authenticates the agent by the same client certificate.
+    // The kubelet authenticates each agent by its node-bound token too (webhook authentication).
     bind_ferry_rbac(&cluster).unwrap();
 
     let mut operator = Command::new(bin.join("ferry-operator"));
@@ -131,10 +132,10 @@ fn a_real_pod_migrates_between_two_real_nodes_through_the_operator() {
         for (i, node) in nodes.iter().enumerate() {
             let letter = if i == 0 { "a" } else { "b" };
             let transfer = free_port();
+            let identity = agent_identity(&cluster, node.name()).unwrap();
             let mut agent = agent_command(
                 &bin.join("ferry-agent"),
-                &cluster,
-                node.name(),
+                &identity,
                 &work.join(letter),
                 free_port(),
                 transfer,
@@ -148,10 +149,8 @@ fn a_real_pod_migrates_between_two_real_nodes_through_the_operator() {
                 ])
                 .arg("--kubelet-ca")
                 .arg(cluster.pki().ca_cert())
-                .arg("--kubelet-client-cert")
-                .arg(cluster.pki().client_cert(User::Agent))
-                .arg("--kubelet-client-key")
-                .arg(cluster.pki().client_key(User::Agent))
+                .arg("--kubelet-token-file")
+                .arg(&identity.token_file)
                 .arg("--kubelet-checkpoints-dir")
                 .arg(node.checkpoints_dir())
                 .arg("--containerd-socket")
