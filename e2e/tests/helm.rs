@@ -87,8 +87,16 @@ fn monitoring_objects_render_only_when_enabled_and_name_real_metrics() {
     let chart = workspace_root().join("charts/ferry");
     run(Command::new(helm()).args(["lint", "--strict"]).arg(&chart));
     let off = run(Command::new(helm()).args(["template", "ferry"]).arg(&chart));
-    for kind in ["PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap"] {
-        assert!(!off.contains(&format!("kind: {kind}\n")), "{kind} rendered by default");
+    for kind in [
+        "PodMonitor",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    ] {
+        assert!(
+            !off.contains(&format!("kind: {kind}\n")),
+            "{kind} rendered by default"
+        );
     }
     let on = run(Command::new(helm())
         .args(["template", "ferry", "-n", "gpu-ops"])
@@ -150,7 +158,10 @@ fn monitoring_objects_render_only_when_enabled_and_name_real_metrics() {
         ferry_api::names::metric::TRANSFER_BYTES_TOTAL,
         ferry_api::names::metric::STORE_BYTES,
     ] {
-        assert!(used.iter().any(|u| u == needed), "the dashboard does not plot {needed}");
+        assert!(
+            used.iter().any(|u| u == needed),
+            "the dashboard does not plot {needed}"
+        );
     }
 }
 
@@ -217,7 +228,10 @@ fn the_chart_lints_renders_installs_and_uninstalls() {
         "kind: CheckpointRequest",
         "keeps the CRDs",
     ] {
-        assert!(installed.contains(line), "NOTES lack {line:?}:\n{installed}");
+        assert!(
+            installed.contains(line),
+            "NOTES lack {line:?}:\n{installed}"
+        );
     }
     let names = |kind: &str| {
         cluster

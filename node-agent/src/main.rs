@@ -300,7 +300,14 @@ async fn main() -> Result<()> {
     // The sim GPU's settings reach the plugin through CRIU's environment.
     let plugin_env = std::env::vars()
         .filter(|(k, _)| {
-            k.starts_with("FERRY_SIM_") || k == "FERRY_CHUNK_SIZE" || k == "FERRY_IO_TIMEOUT"
+            [
+                ferry_api::plugin_env::FERRY_SIM_ROOT,
+                ferry_api::plugin_env::FERRY_SIM_MEM,
+                ferry_api::plugin_env::FERRY_SIM_BANDWIDTH,
+                ferry_api::plugin_env::FERRY_CHUNK_SIZE,
+                ferry_api::plugin_env::FERRY_IO_TIMEOUT,
+            ]
+            .contains(&k.as_str())
         })
         .collect();
     let worker = Worker::new(

@@ -94,9 +94,7 @@ impl Metrics {
 
     /// Counts a failed reconcile.
     pub fn count_error(&self, error: &crate::Error) {
-        self.errors
-            .with_label_values(&[error.metric_label()])
-            .inc();
+        self.errors.with_label_values(&[error.metric_label()]).inc();
     }
 
     /// Records `key`'s phase (`None`: the request is gone) and updates `ferry_requests`.

@@ -1,5 +1,5 @@
 //! transfer-bench: image transfer throughput on loopback, TLS vs plain TCP, through the same
-//! server and client code (DESIGN.md §4; the target: TLS ≥ 1 GB/s and ≥ 90 % of raw).
+//! server and client code (ARCHITECTURE.md §4; target: TLS ≥ 1 GB/s and ≥ 90 % of raw TCP).
 //!
 //! Both stores live under one scratch directory (default `/dev/shm` when it has room), so the
 //! numbers measure the transfer path (TLS, HTTP, hashing, the writes' copies) rather than a

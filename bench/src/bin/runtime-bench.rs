@@ -5,7 +5,7 @@
 //! JSON. Target: agent / by hand ≤ 1.05 on the median.
 //!
 //! Needs root, runc, CRIU and busybox-static (`scripts/install-deps`).
-//! `cargo build --release -p ferry-node-agent --bin runtime-bench && sudo target/release/runtime-bench`
+//! `cargo build --release -p ferry-bench --bin runtime-bench && target/release/runtime-bench` (as root)
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
-//! Scale benchmark of the operator (issue 7 item 8): a real control plane (the e2e harness:
+//! Scale benchmark of the operator: a real control plane (the e2e harness:
 //! etcd, kube-apiserver, controller-manager, kwok) with `--nodes` kwok nodes, an agent Lease
 //! per node (renewed), `--requests` Running pods and as many CheckpointRequests, the
-//! `ferry-operator` binary (next to this one: `cargo build --release -p ferry-operator`) as a
+//! `ferry-operator` binary (next to this one: `cargo build --release -p ferry-operator -p ferry-bench`) as a
 //! separate process running as the `ferry-operator` user with only its RBAC, and a load
 //! driver playing the agents: it watches NodeTasks and writes `Running`, then `Succeeded`
 //! with plausible results, each after `--agent-delay-ms`.
@@ -13,40 +13,44 @@
 //! markdown table and writes JSON (`--json`).
 //!
 //! ```text
-//! cargo build --release -p ferry-operator
+//! cargo build --release -p ferry-operator -p ferry-bench
 //! target/release/operator-scale-bench --nodes 500 --requests 1000 --json target/operator-scale-bench.json
 //! ```
 
+mod agents;
+mod process;
+mod report;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use ferry_api::names::field_manager;
-use ferry_api::{CheckpointRequest, NodeTask, RequestPhase, TaskOperation, TaskPhase};
+use ferry_api::{CheckpointRequest, NodeTask, RequestPhase, TaskPhase};
 use ferry_e2e::{Cluster, Options, User};
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::json;
 
-const AGENTS: &str = "ferry-system";
+use agents::*;
+use process::*;
+use report::*;
+
+pub(crate) const AGENTS: &str = "ferry-system";
 const NAMESPACE: &str = "bench";
 
 /// Scale benchmark of ferry-operator against a kwok control plane.
 #[derive(Debug, Parser)]
 #[command(about)]
-struct Args {
+pub(crate) struct Args {
     /// kwok nodes (each with an agent Lease).
     #[arg(long, default_value_t = 500)]
     nodes: usize,
@@ -146,7 +150,7 @@ fn main() -> Result<()> {
 
 /// What one request went through, as seen by the bench.
 #[derive(Debug, Default, Clone)]
-struct Track {
+pub(crate) struct Track {
     created: Option<Instant>,
     checkpointing: Option<Instant>,
     /// When the fake agent wrote the last task status the request waits for.
@@ -155,9 +159,9 @@ struct Track {
     phase: Option<RequestPhase>,
 }
 
-type Tracks = Arc<Mutex<HashMap<String, Track>>>;
+pub(crate) type Tracks = Arc<Mutex<HashMap<String, Track>>>;
 
-fn with_track(tracks: &Tracks, name: &str, f: impl FnOnce(&mut Track)) {
+pub(crate) fn with_track(tracks: &Tracks, name: &str, f: impl FnOnce(&mut Track)) {
     if let Ok(mut t) = tracks.lock() {
         f(t.entry(name.to_string()).or_default());
     }
@@ -170,7 +174,7 @@ async fn client(cluster: &Cluster, user: User) -> Result<Client> {
     Ok(Client::try_from(cfg)?)
 }
 
-fn now_micro() -> String {
+pub(crate) fn now_micro() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
@@ -513,358 +517,4 @@ async fn run(
             "rss_under_200_mib": hwm_kib < 200 * 1024,
         },
     }))
-}
-
-fn lease_duration(args: &Args) -> i64 {
-    i64::try_from(args.lease_renew_seconds.max(1) * 3).unwrap_or(60)
-}
-
-async fn renew_leases(admin: &Client, nodes: &[String], args: &Args) -> Result<()> {
-    renew_all(admin, nodes, args.concurrency, lease_duration(args)).await
-}
-
-/// Plays every agent's readiness Lease renewal (server-side apply, as the agent would).
-async fn renew_all(admin: &Client, nodes: &[String], conc: usize, duration: i64) -> Result<()> {
-    let api: Api<Lease> = Api::namespaced(admin.clone(), AGENTS);
-    futures::stream::iter(nodes.iter().cloned())
-        .map(|node| {
-            let api = api.clone();
-            async move {
-                let name = ferry_operator::agents::lease_name(&node);
-                let lease = json!({
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": name},
-                    "spec": {"holderIdentity": node, "leaseDurationSeconds": duration, "renewTime": now_micro()},
-                });
-                api.patch(
-                    &name,
-                    &PatchParams::apply(&field_manager::agent(&node)).force(),
-                    &Patch::Apply(&lease),
-                )
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-            }
-        })
-        .buffer_unordered(conc.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
-}
-
-/// One fake agent task: `Running` after `delay`, then the result after another `delay`.
-async fn play_agent(
-    api: &Api<NodeTask>,
-    task: &NodeTask,
-    delay: Duration,
-    limit: &tokio::sync::Semaphore,
-    tracks: &Tracks,
-    writes: &AtomicU64,
-) -> Result<()> {
-    let name = task.name_any();
-    let manager = field_manager::agent(&task.spec.node_name);
-    let request = task
-        .labels()
-        .get(ferry_api::names::label::CHECKPOINT_REQUEST)
-        .cloned()
-        .unwrap_or_default();
-    let started = now_micro();
-    let (running, done, last) = match task.spec.operation {
-        TaskOperation::Checkpoint => {
-            let frozen = now_micro();
-            (
-                json!({"phase": "Running", "startTime": started, "heartbeatTime": started}),
-                json!({"phase": "Succeeded", "startTime": started, "result": {
-                    "sizeBytes": 2_147_483_648_i64, "files": 12, "sha256": "0".repeat(64),
-                    "gpuVendor": "none", "hostMemoryBytes": 1_073_741_824_i64,
-                    "timings": {"checkpointMs": 2 * delay.as_millis() as i64, "frozenAt": frozen}}}),
-                // A migration's restore comes later and overwrites the time.
-                true,
-            )
-        }
-        TaskOperation::Restore => (
-            json!({"phase": "Running", "startTime": started, "result": {
-                "timings": {"transferMs": delay.as_millis() as i64},
-                "transfer": {"bytes": 2_147_483_648_i64}}}),
-            json!({"phase": "Succeeded", "startTime": started, "result": {
-                "timings": {"transferMs": delay.as_millis() as i64, "restoreMs": delay.as_millis() as i64},
-                "transfer": {"bytes": 2_147_483_648_i64}}}),
-            true,
-        ),
-        TaskOperation::Delete => (
-            json!({"phase": "Running", "startTime": started}),
-            json!({"phase": "Succeeded", "startTime": started}),
-            false,
-        ),
-    };
-    for (i, status) in [running, done].into_iter().enumerate() {
-        tokio::time::sleep(delay).await;
-        let mut status = status;
-        if i == 1 {
-            status["completionTime"] = json!(now_micro());
-        }
-        let body =
-            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "NodeTask", "status": status});
-        let _permit = limit.acquire().await?;
-        api.patch_status(
-            &name,
-            &PatchParams::apply(&manager).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .with_context(|| format!("writing {name}'s status"))?;
-        writes.fetch_add(1, Ordering::Relaxed);
-    }
-    if last && !request.is_empty() {
-        with_track(tracks, &request, |t| t.agent_done = Some(Instant::now()));
-    }
-    Ok(())
-}
-
-/// Kills the operator when dropped (error paths included).
-struct OperatorProcess(Child);
-
-impl OperatorProcess {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-#[derive(Default)]
-struct RssSampler {
-    current: AtomicU64,
-    peak: AtomicU64,
-}
-
-impl RssSampler {
-    fn sample(&self, pid: u32) {
-        if let Some(kib) = read_status_kib(pid, "VmRSS:") {
-            self.current.store(kib, Ordering::Relaxed);
-            self.peak.fetch_max(kib, Ordering::Relaxed);
-        }
-    }
-    fn current(&self) -> u64 {
-        self.current.load(Ordering::Relaxed)
-    }
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-/// A `kB` field of `/proc/<pid>/status`.
-fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].split_whitespace().next()?.parse().ok()
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// A plain HTTP/1.0 GET on localhost: (status code, body).
-fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
-#[derive(Debug, Default)]
-struct Histogram {
-    /// (upper bound, cumulative count).
-    buckets: Vec<(f64, f64)>,
-    count: f64,
-    sum: f64,
-}
-
-impl Histogram {
-    /// Prometheus' `histogram_quantile`: linear within the bucket holding the rank.
-    fn quantile(&self, q: f64) -> f64 {
-        if self.count <= 0.0 {
-            return 0.0;
-        }
-        let rank = q * self.count;
-        let mut prev = (0.0, 0.0);
-        for &(le, c) in &self.buckets {
-            if c >= rank {
-                if le.is_infinite() {
-                    return prev.0;
-                }
-                let span = c - prev.1;
-                return if span > 0.0 {
-                    prev.0 + (le - prev.0) * (rank - prev.1) / span
-                } else {
-                    le
-                };
-            }
-            prev = (le, c);
-        }
-        prev.0
-    }
-}
-
-fn parse_histogram(text: &str, name: &str) -> Histogram {
-    let mut h = Histogram::default();
-    let bucket = format!("{name}_bucket{{le=\"");
-    for line in text.lines() {
-        let Some((key, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
-        if let Some(le) = key.strip_prefix(&bucket) {
-            let le = le.trim_end_matches("\"}");
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::INFINITY)
-            };
-            h.buckets.push((le, v));
-        } else if key == format!("{name}_count") {
-            h.count = v;
-        } else if key == format!("{name}_sum") {
-            h.sum = v;
-        }
-    }
-    h.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    h
-}
-
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b)
-}
-
-fn summary(mut v: Vec<f64>) -> serde_json::Value {
-    if v.is_empty() {
-        return json!({"n": 0});
-    }
-    v.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-        v[i]
-    };
-    json!({"n": v.len(), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": v[v.len() - 1]})
-}
-
-fn print_table(args: &Args, r: &serde_json::Value) {
-    let f = |p: &str| {
-        r.pointer(p)
-            .map(|v| match v.as_f64() {
-                Some(x) => format!("{x:.1}"),
-                None => v.to_string(),
-            })
-            .unwrap_or_else(|| "-".into())
-    };
-    let mib = |p: &str| {
-        r.pointer(p)
-            .and_then(serde_json::Value::as_f64)
-            .map(|k| format!("{:.1} MiB", k / 1024.0))
-            .unwrap_or_else(|| "-".into())
-    };
-    println!(
-        "\n### operator scale bench: {} requests over {} nodes ({}% migrations, agent delay {} ms)\n",
-        args.requests, args.nodes, args.migrate_percent, args.agent_delay_ms
-    );
-    println!("| metric | value |\n|---|---|");
-    let rows = [
-        (
-            "reconcile p50 / p99 (ms, /metrics histogram)",
-            format!("{} / {}", f("/reconcile/p50_ms"), f("/reconcile/p99_ms")),
-        ),
-        (
-            "reconciles (count, mean ms, errors)",
-            format!(
-                "{}, {}, {}",
-                f("/reconcile/count"),
-                f("/reconcile/mean_ms"),
-                f("/reconcile/errors")
-            ),
-        ),
-        (
-            "create → Checkpointing p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                f("/request_latency_ms/create_to_checkpointing/p50"),
-                f("/request_latency_ms/create_to_checkpointing/p99")
-            ),
-        ),
-        (
-            "agent's last write → request terminal p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                f("/request_latency_ms/agent_done_to_terminal/p50"),
-                f("/request_latency_ms/agent_done_to_terminal/p99")
-            ),
-        ),
-        (
-            "create → terminal p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                f("/request_latency_ms/create_to_terminal/p50"),
-                f("/request_latency_ms/create_to_terminal/p99")
-            ),
-        ),
-        (
-            "time to all terminal (s, from the first create)",
-            format!(
-                "{} ({} of {} terminal)",
-                f("/time_to_all_terminal_s"),
-                f("/terminal"),
-                args.requests
-            ),
-        ),
-        ("final phases", f("/final_phases")),
-        (
-            "requests created in (s)",
-            f("/requests_created_s").to_string(),
-        ),
-        (
-            "operator RSS idle / peak (VmHWM) / end",
-            format!(
-                "{} / {} / {}",
-                mib("/operator_rss_kib/idle_after_sync"),
-                mib("/operator_rss_kib/vm_hwm"),
-                mib("/operator_rss_kib/end")
-            ),
-        ),
-        (
-            "targets: p99 < 1 s, RSS < 200 MiB",
-            format!(
-                "{}, {}",
-                f("/targets/reconcile_p99_under_1s"),
-                f("/targets/rss_under_200_mib")
-            ),
-        ),
-        (
-            "setup: control plane / pods Running (s)",
-            format!("{} / {}", f("/cluster_up_s"), f("/pods_running_s")),
-        ),
-    ];
-    for (k, v) in rows {
-        println!("| {k} | {v} |");
-    }
 }
