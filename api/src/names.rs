@@ -174,7 +174,7 @@ pub mod field_manager {
     }
 }
 
-/// Prometheus metric names (DESIGN.md §4), all prefixed `ferry_`.
+/// Prometheus metric names (ARCHITECTURE.md §6), all prefixed `ferry_`.
 pub mod metric {
     // Node agent.
     /// Histogram: seconds of a checkpoint step.

@@ -23,7 +23,7 @@ pub enum Operation {
 }
 
 /// GPU vendor of a checkpoint (and of the devices the plugin handled). `sim` is ferry's
-/// simulated GPU (DESIGN.md §5), which the demo and the CPU-only tests checkpoint like a real one.
+/// simulated GPU (ARCHITECTURE.md §5), which the demo and the CPU-only tests checkpoint like a real one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]

@@ -1,4 +1,4 @@
-//! Every validation rule that DESIGN.md §3 and the issue ask for is in the generated CRDs,
+//! Every validation rule that ARCHITECTURE.md §3 and the issues ask for is in the generated CRDs,
 //! and the schemas keep to the structural-schema rules the API server enforces.
 #![cfg(feature = "crd")]
 

@@ -1,4 +1,4 @@
-//! ferry-agent: the privileged per-node agent (DESIGN.md §4). Wiring only: flags, logging,
+//! ferry-agent: the privileged per-node agent (ARCHITECTURE.md §4). Wiring only: flags, logging,
 //! the transfer server, the Lease, the task intake, GC and the HTTP endpoints.
 
 use std::net::SocketAddr;
