@@ -1,6 +1,10 @@
 //! What the plugin needs from its host process: image files, the inventory, the fdstore and
 //! the log. Inside `criu` these are CRIU's exports; in the plugin-host harness (no CRIU) they
 //! fall back to `FERRY_IMAGES_DIR`, no inventory, and fds inherited across `fork`.
+//!
+//! Files in the image directory are opened with `O_NOFOLLOW | O_CLOEXEC`: a symbolic link
+//! planted there cannot make the plugin read or write outside it (the open fails with
+//! `ELOOP`, reported as such).
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -69,39 +73,50 @@ impl Host {
         Ok(DirFd::Owned(fd))
     }
 
-    /// Opens an image file for reading.
-    pub fn open_image(&self, name: &str) -> Result<File> {
-        Self::check_name(name)?;
+    /// Opens `name` in the image dir without following a symbolic link.
+    fn open_in_dir(&self, name: &str, flags: OFlags, mode: Mode, what: &str) -> Result<File> {
         let dir = self.dir_fd()?;
         let fd = rustix::fs::openat(
             dir.as_fd(),
             name,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            mode,
         )
-        .map_err(|e| PluginError::io(format!("open image {name}"), e.into()))?;
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP => PluginError::io(
+                format!(
+                    "{what} {name}: it is a symbolic link, and the plugin does not follow links in the image directory"
+                ),
+                e.into(),
+            ),
+            e => PluginError::io(format!("{what} {name}"), e.into()),
+        })?;
         Ok(File::from(fd))
     }
 
-    /// True when the image file exists.
+    /// Opens an image file for reading (never through a symbolic link).
+    pub fn open_image(&self, name: &str) -> Result<File> {
+        Self::check_name(name)?;
+        self.open_in_dir(name, OFlags::RDONLY, Mode::empty(), "open image")
+    }
+
+    /// True when the image file exists. A symbolic link counts (without being followed), so
+    /// opening it then fails loudly instead of the image being skipped.
     pub fn image_exists(&self, name: &str) -> bool {
         let Ok(dir) = self.dir_fd() else { return false };
         Self::check_name(name).is_ok()
-            && rustix::fs::statat(dir.as_fd(), name, rustix::fs::AtFlags::empty()).is_ok()
+            && rustix::fs::statat(dir.as_fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
     /// Creates an image file for writing (fails if it exists: images are never overwritten).
     pub fn create_image(&self, name: &str) -> Result<File> {
         Self::check_name(name)?;
-        let dir = self.dir_fd()?;
-        let fd = rustix::fs::openat(
-            dir.as_fd(),
+        self.open_in_dir(
             name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
             Mode::from_raw_mode(0o600),
+            "create image",
         )
-        .map_err(|e| PluginError::io(format!("create image {name}"), e.into()))?;
-        Ok(File::from(fd))
     }
 
     /// Writes a whole image file atomically enough for CRIU's use (create-exclusive + write).
@@ -117,15 +132,14 @@ impl Host {
         Self::check_name(name)?;
         let dir = self.dir_fd()?;
         let tmp = format!("{name}.partial");
-        let fd = rustix::fs::openat(
-            dir.as_fd(),
+        let fd = self.open_in_dir(
             &tmp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
             Mode::from_raw_mode(0o644),
-        )
-        .map_err(|e| PluginError::io(format!("create {tmp}"), e.into()))?;
-        rustix::io::write(&fd, bytes)
-            .map_err(|e| PluginError::io(format!("write {tmp}"), e.into()))?;
+            "create",
+        )?;
+        std::io::Write::write_all(&mut &fd, bytes)
+            .map_err(|e| PluginError::io(format!("write {tmp}"), e))?;
         rustix::fs::renameat(dir.as_fd(), &tmp, dir.as_fd(), name)
             .map_err(|e| PluginError::io(format!("rename {tmp}"), e.into()))
     }

@@ -45,9 +45,25 @@ pub struct CopyPlan {
     pub buffers: Vec<PlanBuffer>,
 }
 
+/// Most devices one plan may name (a node has a few dozen GPUs or GPU partitions at most).
+pub const MAX_DEVICES: usize = 4096;
+/// Most buffers one plan may carry (the wire protocol's payload bound allows about 500k).
+pub const MAX_BUFFERS: usize = 1 << 20;
+
 impl CopyPlan {
-    /// Checks indices and that each device's buffers tile its payload without overlap.
+    /// Checks counts against [`MAX_DEVICES`]/[`MAX_BUFFERS`], device indices, that no
+    /// buffer's `read_offset + size` or `write_offset + size` overflows, and that each
+    /// device's buffers tile its payload without overlap. O(n log n) in the buffers.
     pub fn validate(&self) -> Result<()> {
+        if self.devices.len() > MAX_DEVICES || self.buffers.len() > MAX_BUFFERS {
+            return Err(PluginError::invalid(format!(
+                "copy plan has {} devices and {} buffers, more than the {MAX_DEVICES} and {MAX_BUFFERS} allowed",
+                self.devices.len(),
+                self.buffers.len()
+            )));
+        }
+        // (device, start, end) of every buffer's span in its device's pages payload.
+        let mut spans: Vec<(u32, u64, u64)> = Vec::with_capacity(self.buffers.len());
         for (i, b) in self.buffers.iter().enumerate() {
             if b.device as usize >= self.devices.len() {
                 return Err(PluginError::invalid(format!(
@@ -56,36 +72,35 @@ impl CopyPlan {
                     self.devices.len()
                 )));
             }
-            b.read_offset.checked_add(b.size).ok_or_else(|| {
+            let end = b.read_offset.checked_add(b.size).ok_or_else(|| {
                 PluginError::invalid(format!("copy plan buffer {i}: offset + size overflows"))
             })?;
+            b.write_offset.checked_add(b.size).ok_or_else(|| {
+                PluginError::invalid(format!(
+                    "copy plan buffer {i}: write offset + size overflows"
+                ))
+            })?;
+            spans.push((b.device, b.read_offset, end));
         }
-        for d in 0..self.devices.len() {
-            let mut spans: Vec<(u64, u64)> = self
-                .buffers
-                .iter()
-                .filter(|b| b.device as usize == d)
-                .map(|b| (b.read_offset, b.read_offset + b.size))
-                .collect();
-            spans.sort_unstable();
-            for w in spans.windows(2) {
-                if w[1].0 < w[0].1 {
-                    return Err(PluginError::invalid(format!(
-                        "copy plan device {d}: buffers overlap in the pages image at {}",
-                        w[1].0
-                    )));
-                }
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if a.0 == b.0 && b.1 < a.2 {
+                return Err(PluginError::invalid(format!(
+                    "copy plan device {}: buffers overlap in the pages image at {}",
+                    b.0, b.1
+                )));
             }
         }
         Ok(())
     }
 
-    /// Bytes the plan reads from device `d`'s pages image.
+    /// Bytes the plan reads from device `d`'s pages image; saturates at `u64::MAX` (a
+    /// validated plan's buffers of one device never overlap, so their sum fits).
     pub fn device_bytes(&self, d: usize) -> u64 {
         self.buffers
             .iter()
             .filter(|b| b.device as usize == d)
-            .map(|b| b.size)
-            .sum()
+            .fold(0u64, |acc, b| acc.saturating_add(b.size))
     }
 }

@@ -42,7 +42,15 @@ pub fn copy_device(
 ) -> Result<CopyOutcome> {
     let started = Instant::now();
     let payload = images::payload_len(pages, image)?;
-    let need: u64 = buffers.iter().map(|b| b.size).sum();
+    let need = buffers
+        .iter()
+        .try_fold(0u64, |acc, b| acc.checked_add(b.size))
+        .ok_or_else(|| {
+            PluginError::invalid(format!(
+                "the {} buffers of {image} add up to more than 2^64 bytes",
+                buffers.len()
+            ))
+        })?;
     if payload != need {
         return Err(PluginError::invalid(format!(
             "pages image {image} holds {payload} bytes but its {} buffers need {need}",
@@ -51,16 +59,18 @@ pub fn copy_device(
     }
     let mut chunks = Vec::new();
     for (i, b) in buffers.iter().enumerate() {
-        if b.read_offset + b.size > payload {
+        let end = b.read_offset.checked_add(b.size);
+        if end.is_none_or(|end| end > payload) || b.write_offset.checked_add(b.size).is_none() {
             return Err(PluginError::invalid(format!(
-                "buffer {i} of {image} reads [{}, {}) past the payload's {payload} bytes",
-                b.read_offset,
-                b.read_offset + b.size
+                "buffer {i} of {image} reads {} bytes at {} (writing at {}), past the payload's {payload} bytes",
+                b.size, b.read_offset, b.write_offset
             )));
         }
+        // In bounds from here: read_offset + size <= payload <= file size - HEADER_LEN, and
+        // write_offset + size does not overflow.
         let mut pos = 0u64;
         while pos < b.size {
-            let len = (b.size - pos).min(chunk as u64) as usize;
+            let len = (b.size - pos).min(chunk.max(1) as u64) as usize;
             chunks.push(Chunk {
                 buffer: i,
                 image_offset: HEADER_LEN + b.read_offset + pos,

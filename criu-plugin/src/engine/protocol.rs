@@ -10,12 +10,15 @@
 //! fd batches    "FRYF" | count u32, with `count` (<= 252) buffer fds attached (SCM_RIGHTS)
 //! ack     1 B   from the main process once it holds the whole command
 //! ```
-//! All integers little-endian. Every length is checked against a bound before allocation,
-//! and every count against what arrived, so a corrupt or short command is an error, never
-//! a wrong copy.
+//! All integers little-endian. Every length is checked against a bound before allocation
+//! ([`MAX_PAYLOAD`], and the counts against [`MAX_DEVICES`]/[`MAX_BUFFERS`] and the bytes
+//! they need), every count against what arrived, offsets with checked arithmetic and no
+//! slice index that can panic, so a corrupt or short command is an error, never a wrong copy
+//! or a crash of CRIU.
 
 use std::os::fd::OwnedFd;
 
+use crate::contract::plan::{MAX_BUFFERS, MAX_DEVICES};
 use crate::contract::{BackendId, CopyPlan, PlanBuffer, PlanDevice};
 use crate::error::{PluginError, Result};
 
@@ -31,6 +34,8 @@ pub const MAX_PAYLOAD: u32 = 16 << 20;
 /// Ack byte.
 pub const ACK: u8 = b'K';
 const BUFFER_LEN: usize = 32;
+/// The fewest payload bytes one device takes (key + two empty names).
+const MIN_DEVICE_LEN: usize = 12;
 
 /// What a command carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,20 +121,50 @@ impl Header {
             payload_len: u(24),
             checksum: u(28),
         };
-        if h.payload_len > MAX_PAYLOAD {
+        h.check_bounds()?;
+        Ok(h)
+    }
+
+    /// The header's lengths and counts against the bounds: the payload against
+    /// [`MAX_PAYLOAD`], the counts against [`MAX_DEVICES`]/[`MAX_BUFFERS`], and for a plan
+    /// the bytes its counts need against the payload length (checked arithmetic). A report
+    /// carries no buffers.
+    pub fn check_bounds(&self) -> Result<()> {
+        if self.payload_len > MAX_PAYLOAD {
             return Err(PluginError::invalid(format!(
                 "restore command payload of {} bytes exceeds the {MAX_PAYLOAD}-byte bound",
-                h.payload_len
+                self.payload_len
             )));
         }
-        let min = (h.n_buffers as u64) * BUFFER_LEN as u64 + (h.n_devices as u64) * 12;
-        if h.kind == Kind::Plan && min > h.payload_len as u64 {
+        if self.n_devices as usize > MAX_DEVICES || self.n_buffers as usize > MAX_BUFFERS {
             return Err(PluginError::invalid(format!(
-                "restore command claims {} devices and {} buffers but carries only {} payload bytes",
-                h.n_devices, h.n_buffers, h.payload_len
+                "restore command claims {} devices and {} buffers, more than the {MAX_DEVICES} and {MAX_BUFFERS} allowed",
+                self.n_devices, self.n_buffers
             )));
         }
-        Ok(h)
+        match self.kind {
+            Kind::Plan => {
+                let min = u64::from(self.n_buffers)
+                    .checked_mul(BUFFER_LEN as u64)
+                    .zip(u64::from(self.n_devices).checked_mul(MIN_DEVICE_LEN as u64))
+                    .and_then(|(b, d)| b.checked_add(d));
+                if min.is_none_or(|m| m > u64::from(self.payload_len)) {
+                    return Err(PluginError::invalid(format!(
+                        "restore command claims {} devices and {} buffers but carries only {} payload bytes",
+                        self.n_devices, self.n_buffers, self.payload_len
+                    )));
+                }
+            }
+            Kind::Report => {
+                if self.n_buffers != 0 {
+                    return Err(PluginError::invalid(format!(
+                        "restore report claims {} buffers; reports carry none",
+                        self.n_buffers
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -195,6 +230,12 @@ pub fn encode_report(
 
 /// Decodes a report's payload.
 pub fn decode_report(h: &Header, payload: &[u8]) -> Result<Vec<ferry_api::stats::DeviceStats>> {
+    if h.kind != Kind::Report {
+        return Err(PluginError::invalid(
+            "restore command is a plan, not a report",
+        ));
+    }
+    h.check_bounds()?;
     check_payload(h, payload)?;
     serde_json::from_slice(payload)
         .map_err(|e| PluginError::invalid(format!("copy report is not valid JSON: {e}")))
@@ -229,10 +270,10 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let end = self
+        let s = self
             .at
             .checked_add(n)
-            .filter(|e| *e <= self.b.len())
+            .and_then(|end| self.b.get(self.at..end))
             .ok_or_else(|| {
                 PluginError::invalid(format!(
                     "restore command payload ends early: need {n} bytes at offset {}, have {}",
@@ -240,23 +281,22 @@ impl Cursor<'_> {
                     self.b.len()
                 ))
             })?;
-        let s = &self.b[self.at..end];
-        self.at = end;
+        self.at += n;
         Ok(s)
     }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
     fn u32(&mut self) -> Result<u32> {
-        let s = self.take(4)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64> {
-        let s = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_le_bytes(a))
+        Ok(u64::from_le_bytes(self.array()?))
     }
     fn string(&mut self) -> Result<String> {
-        let l = self.take(2)?;
-        let len = u16::from_le_bytes([l[0], l[1]]) as usize;
+        let len = u16::from_le_bytes(self.array()?) as usize;
         let s = self.take(len)?;
         String::from_utf8(s.to_vec())
             .map_err(|_| PluginError::invalid("restore command holds a non-UTF-8 name"))
@@ -265,6 +305,13 @@ impl Cursor<'_> {
 
 /// Decodes a plan from its header, payload and the fds that came with it.
 pub fn decode_plan(h: &Header, payload: &[u8], fds: Vec<OwnedFd>) -> Result<CopyPlan> {
+    if h.kind != Kind::Plan {
+        return Err(PluginError::invalid(
+            "restore command is a report, not a plan",
+        ));
+    }
+    // Again here: a caller may hand a header it built, and the counts size the vectors below.
+    h.check_bounds()?;
     check_payload(h, payload)?;
     if fds.len() != h.n_buffers as usize {
         return Err(PluginError::invalid(format!(
@@ -303,7 +350,7 @@ pub fn decode_plan(h: &Header, payload: &[u8], fds: Vec<OwnedFd>) -> Result<Copy
     if c.at != payload.len() {
         return Err(PluginError::invalid(format!(
             "restore command payload has {} unexplained trailing bytes",
-            payload.len() - c.at
+            payload.len().saturating_sub(c.at)
         )));
     }
     let plan = CopyPlan {

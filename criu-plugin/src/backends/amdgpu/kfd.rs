@@ -68,12 +68,13 @@ pub fn bo_buckets(entries: &[KfdBoEntry]) -> Vec<KfdCriuBoBucket> {
         .collect()
 }
 
-/// Bytes of GPU `user_gpu_id`'s pages image: its contents BOs, in BO order.
+/// Bytes of GPU `user_gpu_id`'s pages image: its contents BOs, in BO order. Saturates at
+/// `u64::MAX` (BO sizes from an image may be anything; [`copy_plan_for`] refuses the
+/// overflow).
 pub fn pages_len(bos: &[KfdBoEntry], user_gpu_id: u32) -> u64 {
     bos.iter()
         .filter(|b| b.gpu_id == user_gpu_id && has_contents(b.alloc_flags))
-        .map(|b| b.size)
-        .sum()
+        .fold(0u64, |acc, b| acc.saturating_add(b.size))
 }
 
 /// One GPU of a restore: its image (user) id, the local (actual) id, its render minor.
@@ -179,6 +180,12 @@ pub fn copy_plan_for(
                 b.gpu_id, b.size
             ))
         })?;
+        let next = slot.2.checked_add(b.size).ok_or_else(|| {
+            PluginError::invalid(format!(
+                "BO {i} (GPU 0x{:04x}, {} bytes) ends past 2^64 bytes of its pages image",
+                b.gpu_id, b.size
+            ))
+        })?;
         buffers.push(PlanBuffer {
             device: slot.1,
             read_offset: slot.2,
@@ -186,7 +193,7 @@ pub fn copy_plan_for(
             size: b.size,
             fd,
         });
-        slot.2 += b.size;
+        slot.2 = next;
     }
     let plan = CopyPlan {
         backend: BackendId::Amdgpu,
@@ -232,5 +239,36 @@ mod tests {
             render_minor: 130,
         };
         assert_eq!(split_device_key(device_key(&t)), (130, 0xbeef));
+    }
+
+    fn bo(gpu_id: u32, size: u64) -> KfdBoEntry {
+        KfdBoEntry {
+            addr: 0,
+            size,
+            offset: 0,
+            alloc_flags: alloc_flags::VRAM,
+            gpu_id,
+            handle: 0,
+        }
+    }
+
+    /// Regression: BO sizes from an image that add up past `u64::MAX` overflowed
+    /// `pages_len`'s sum and the plan's running read offset (a panic in debug builds).
+    #[test]
+    fn bo_sizes_that_overflow_u64_are_refused_not_a_panic() {
+        let bos = [bo(1, u64::MAX), bo(1, 2)];
+        assert_eq!(pages_len(&bos, 1), u64::MAX);
+        let t = GpuTarget {
+            user_gpu_id: 1,
+            actual_gpu_id: 0xa1,
+            render_minor: 128,
+        };
+        let fds = (0..2)
+            .map(|_| Some(OwnedFd::from(tempfile::tempfile().unwrap())))
+            .collect();
+        let e = copy_plan_for(3, 7, &bos, &[t], fds)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("past 2^64"), "{e}");
     }
 }

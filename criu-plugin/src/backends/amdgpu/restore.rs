@@ -55,7 +55,7 @@ impl Restorer {
     ) -> Result<OwnedFd> {
         let kfd_fd = dev.open_kfd()?;
         dev.check_kernel(Some(kfd_fd.as_fd()))?;
-        let mut img: CriuKfd = images::read_message(cx.host, name)?;
+        let mut img: CriuKfd = images::read_kfd(cx.host, name)?;
         let src = Topology::from_device_entries(&img.device_entries);
         let dest = dev.parse_local_topology()?;
         let map = topology::restore_gpu_map(&src, &dest, &dev.cfg.checks)?;

@@ -160,13 +160,7 @@ impl Backend for NvidiaBackend {
             if !cx.host.image_exists(IMAGE) {
                 return Ok(false);
             }
-            let mut text = String::new();
-            use std::io::Read;
-            cx.host
-                .open_image(IMAGE)?
-                .read_to_string(&mut text)
-                .map_err(|e| PluginError::io(format!("read {IMAGE}"), e))?;
-            Some(NvidiaImage::from_json(&text)?)
+            Some(NvidiaImage::read(cx.host.open_image(IMAGE)?)?)
         } else {
             None
         };

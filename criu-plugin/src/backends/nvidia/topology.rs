@@ -36,7 +36,8 @@ pub fn parse_uuid(s: &str) -> Option<Uuid> {
         .chars()
         .filter(|c| *c != '-')
         .collect();
-    if hex.len() != 32 || !hex.is_ascii() {
+    // Hex digits only: `from_str_radix` alone would also take a `+` sign ("+f" is 15).
+    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     let mut u = [0u8; 16];
@@ -129,6 +130,8 @@ mod tests {
         assert_eq!(s, "GPU-12345678-9abc-def0-0102-030405060708");
         assert_eq!(parse_uuid(&s), Some(x));
         assert_eq!(parse_uuid("GPU-12"), None);
+        // Regression: a `+` passed u8::from_str_radix, so "+f" read as the byte 0x0f.
+        assert_eq!(parse_uuid(&format!("GPU-+f{}", "0".repeat(30))), None);
     }
 
     #[test]

@@ -126,6 +126,13 @@ impl SimPaths {
     /// Recreates a context's device memory as zeroed buffers of the recorded sizes
     /// (what a driver's BO restore does) and returns the opened buffer files.
     pub fn recreate(&self, meta: &ContextMeta) -> Result<Vec<File>> {
+        // The uuid comes from an image and names directories: a plain name only.
+        if !valid_uuid(&meta.uuid) {
+            return Err(PluginError::invalid(format!(
+                "sim context uuid {:?} is not a plain name",
+                meta.uuid
+            )));
+        }
         let dir = self.mem_dir(&meta.uuid);
         fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
         let mut files = Vec::with_capacity(meta.buffers.len());

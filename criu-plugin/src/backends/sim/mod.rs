@@ -140,26 +140,31 @@ impl Backend for SimBackend {
                 meta.version
             )));
         }
+        // Sizes come from the image: their sum (the pages payload) must fit in 64 bits
+        // before any buffer is created.
+        meta.buffers
+            .iter()
+            .try_fold(0u64, |acc, b| acc.checked_add(b.size))
+            .ok_or_else(|| {
+                PluginError::invalid(format!(
+                    "image {name}: sim buffer sizes add up past 2^64 bytes"
+                ))
+            })?;
         let p = self.paths();
         let files = p.recreate(&meta)?;
         let handle = p.open_node(&meta.uuid)?;
         let mut read_offset = 0u64;
-        let buffers = meta
-            .buffers
-            .iter()
-            .zip(files)
-            .map(|(b, f)| {
-                let buf = PlanBuffer {
-                    device: 0,
-                    read_offset,
-                    write_offset: 0,
-                    size: b.size,
-                    fd: OwnedFd::from(f),
-                };
-                read_offset += b.size;
-                buf
-            })
-            .collect();
+        let mut buffers = Vec::with_capacity(files.len());
+        for (b, f) in meta.buffers.iter().zip(files) {
+            buffers.push(PlanBuffer {
+                device: 0,
+                read_offset,
+                write_offset: 0,
+                size: b.size,
+                fd: OwnedFd::from(f),
+            });
+            read_offset += b.size; // no overflow: the sum was checked above
+        }
         let plan = CopyPlan {
             backend: BackendId::Sim,
             ext_id: id,
