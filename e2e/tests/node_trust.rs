@@ -333,19 +333,7 @@ fn an_agent_may_write_the_status_of_its_nodes_node_tasks_only(w: &World) {
         );
         assert_refused(&out, "cannot patch resource \"nodetasks\"");
     }
-    let node_of = |task: &str| {
-        w.cluster
-            .kubectl(&[
-                "get",
-                "nodetask",
-                task,
-                "-n",
-                TENANT,
-                "-o",
-                "jsonpath={.spec.nodeName}",
-            ])
-            .unwrap()
-    };
+    let node_of = |task: &str| field(&w.cluster, "nodetask", task, TENANT, ".spec.nodeName");
     assert_eq!(node_of(task_a), w.a.node);
     assert_eq!(node_of(task_b), w.b.node);
 }
@@ -506,30 +494,24 @@ fn apply_status(identity: &AgentIdentity, task: &str, phase: &str) -> Output {
 }
 
 fn holder(cluster: &Cluster, lease: &str) -> String {
-    cluster
-        .kubectl(&[
-            "get",
-            "lease",
-            lease,
-            "-n",
-            SYSTEM_NAMESPACE,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .unwrap()
+    field(
+        cluster,
+        "lease",
+        lease,
+        SYSTEM_NAMESPACE,
+        ".spec.holderIdentity",
+    )
 }
 
 fn phase(cluster: &Cluster, task: &str) -> String {
+    field(cluster, "nodetask", task, TENANT, ".status.phase")
+}
+
+/// One field of an object, as the admin reads it.
+fn field(cluster: &Cluster, kind: &str, name: &str, namespace: &str, path: &str) -> String {
+    let jsonpath = format!("jsonpath={{{path}}}");
     cluster
-        .kubectl(&[
-            "get",
-            "nodetask",
-            task,
-            "-n",
-            TENANT,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])
+        .kubectl(&["get", kind, name, "-n", namespace, "-o", &jsonpath])
         .unwrap()
 }
 
