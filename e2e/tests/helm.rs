@@ -46,14 +46,14 @@ fn template_error(args: &[&str]) -> String {
         .arg(&chart)
         .args(args)
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("helm template {args:?}: {e}"));
     assert!(!out.status.success(), "helm template {args:?} succeeded");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Every `ferry_…` series a text names, less the histogram suffixes.
 fn series_names(text: &str) -> Vec<String> {
-    let re = regex::Regex::new(r"\bferry_[a-z_]+").unwrap();
+    let re = regex::Regex::new(r"\bferry_[a-z_]+").unwrap_or_else(|e| panic!("{e}"));
     re.find_iter(text)
         .map(|m| {
             let name = m.as_str();
