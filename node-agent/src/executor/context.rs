@@ -11,6 +11,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::executor::error::TaskError;
 use crate::executor::mode::RuntimeMode;
+use crate::runtime::control::ToolControl;
 use crate::runtime::criu::Criu;
 use crate::store::in_use::Hold;
 use crate::store::{Store, StoreError, Stores};
@@ -44,6 +45,19 @@ pub struct Context {
 }
 
 impl Context {
+    /// This context for one task: CRIU, runc, `ctr` and the kubelet client bound to the
+    /// task's `control`, so that cancelling the task kills whatever tool it runs.
+    pub fn for_task(&self, control: &ToolControl) -> Context {
+        let mut config = self.config.clone();
+        config.criu = config.criu.with_control(control.clone());
+        config.runtime = config.runtime.with_control(control);
+        Context {
+            client: self.client.clone(),
+            config,
+            metrics: self.metrics.clone(),
+        }
+    }
+
     /// The store a task's `image.storage` names, if this agent serves it.
     pub fn store(&self, storage: &StorageSpec) -> Result<Store, TaskError> {
         let Some(host) = storage.host_path.as_ref() else {
@@ -109,7 +123,8 @@ impl Context {
     }
 }
 
-/// The limit for each tool run of `task`.
+/// The limit for each tool run of `task`. The task's [`ToolControl`] cuts it to what is left
+/// of the task's own deadline, so a tool never outlives its task.
 pub fn tool_timeout(task: &NodeTask) -> Duration {
     Duration::from_secs(task.spec.options.timeout_seconds.max(1) as u64)
 }

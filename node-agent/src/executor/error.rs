@@ -187,6 +187,48 @@ pub enum TaskError {
         /// The task's timeout.
         seconds: i32,
     },
+    /// The NodeTask was deleted while it ran.
+    #[error(
+        "the NodeTask was deleted while it ran; its running tool was killed and nothing was published"
+    )]
+    Deleted,
+    /// The executor panicked (a bug): the task is stopped, the agent carries on.
+    #[error("the agent hit a bug running this task (panic: {message}); the task was stopped")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// The task names another node (finding 10): not this agent's to run.
+    #[error(
+        "the task is for node {task_node:?}, not this agent's node {node:?}; refusing to run it"
+    )]
+    NotThisNode {
+        /// `spec.nodeName`.
+        task_node: String,
+        /// This node.
+        node: String,
+    },
+    /// The task's pod is in another namespace than the task (finding 10).
+    #[error(
+        "the task's pod is in namespace {pod_namespace:?}, not in the task's namespace {namespace:?}; refusing to run it"
+    )]
+    PodNamespace {
+        /// `spec.pod.namespace`.
+        pod_namespace: String,
+        /// The task's namespace.
+        namespace: String,
+    },
+    /// The task's image location is not its request's (finding 10): a task may only touch
+    /// `<its namespace>/<its request>`.
+    #[error(
+        "image location {location:?} is not this task's request's location {want:?}; refusing to touch it"
+    )]
+    Location {
+        /// `spec.image.location`.
+        location: String,
+        /// `<namespace>/<spec.checkpointRequest>`.
+        want: String,
+    },
     /// The agent was stopped and the grace period ran out.
     #[error(
         "the agent on {node} was stopped (SIGTERM) and the task did not finish within {grace_s} s; nothing was published"

@@ -28,6 +28,7 @@ use kube::ResourceExt;
 use crate::executor::error::TaskError;
 use crate::runtime::checkpoint::{Checkpointer, ContainerTarget};
 use crate::runtime::containerd::{CheckpointImageImport, Ctr};
+use crate::runtime::control::ToolControl;
 use crate::runtime::criu::Criu;
 use crate::runtime::kubelet::KubeletApi;
 use crate::runtime::process_tree::ProcessTree;
@@ -75,6 +76,22 @@ pub struct RestorePlan {
 }
 
 impl RuntimeMode {
+    /// This mode with its tools bound to one task's `control` (the kubelet client; CRIU, runc
+    /// and `ctr` get theirs through [`Criu::with_control`] and the restore job).
+    pub fn with_control(&self, control: &ToolControl) -> RuntimeMode {
+        match self {
+            RuntimeMode::Containerd { kubelet, ctr } => {
+                let mut kubelet = kubelet.clone();
+                kubelet.control = control.clone();
+                RuntimeMode::Containerd {
+                    kubelet,
+                    ctr: ctr.clone(),
+                }
+            }
+            other => other.clone(),
+        }
+    }
+
     /// The checkpoint mechanism of this mode.
     pub fn checkpointer(&self, criu: &Criu) -> Box<dyn Checkpointer> {
         match self {

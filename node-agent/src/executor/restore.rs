@@ -79,6 +79,7 @@ pub async fn run(ctx: &Context, task: Arc<NodeTask>, attempt: Attempt) -> TaskOu
     job.parallel_restore = task.spec.options.parallel_restore;
     job.env = ctx.config.plugin_env.clone();
     job.timeout = tool_timeout(&task);
+    job.control = attempt.control.clone();
     let restorer = plan.restorer;
     let restore_image = image.clone();
     let result = tokio::task::spawn_blocking(move || restorer.restore(&job, &restore_image))

@@ -9,6 +9,7 @@ use ferry_api::{NodeTask, TaskResult, TransferStats};
 use tokio::sync::watch;
 
 use crate::executor::error::TaskError;
+use crate::runtime::control::ToolControl;
 
 /// What a worker reports while it runs; the heartbeat loop copies it into the status.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -54,6 +55,9 @@ pub struct Attempt {
     pub resumed: bool,
     /// Progress reporting.
     pub progress: Progress,
+    /// The task's deadline and cancel switch: every tool the task runs ends with it (the
+    /// intake cancels it at the deadline, on the NodeTask's deletion and on shutdown).
+    pub control: ToolControl,
 }
 
 /// The result of one task.

@@ -34,7 +34,7 @@ impl Worker {
 
 impl Executor for Worker {
     fn execute(&self, task: Arc<NodeTask>, attempt: Attempt) -> BoxFuture<'static, TaskOutcome> {
-        let ctx = self.ctx.clone();
+        let ctx = self.ctx.for_task(&attempt.control);
         Box::pin(async move {
             match task.spec.operation {
                 TaskOperation::Checkpoint => checkpoint::run(&ctx, task, attempt).await,

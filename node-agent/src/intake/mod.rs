@@ -7,6 +7,17 @@
 //! the operator can tell a slow agent from a dead one. The agent is the only writer of
 //! NodeTask status (server-side apply, field manager `ferry-agent/<node>`; [`StatusWriter`]).
 //!
+//! Each task has a deadline (`options.timeoutSeconds` from its start) and a [`ToolControl`]:
+//! at the deadline, when its NodeTask is deleted ([`cancel`]) or when the agent stops, the
+//! control kills the tool the task runs (CRIU, runc, ...) with its process group; dropping the
+//! executor's future alone would leave it running. A task is checked before it runs
+//! ([`trust`]): one this agent must not run fails with the reason and touches nothing.
+//!
+//! A panic does not take the intake down silently: the executor runs each task on its own
+//! tokio task, so a panicking task fails with the panic's message; a panic in the intake's
+//! own loop restarts the loop (tasks it was running are resumed, as after an agent restart),
+//! so the node never keeps a ready Lease with no loop taking its tasks.
+//!
 //! Restart semantics: a task that is terminal is never redone. A task found `Running` was
 //! started by a previous incarnation of this agent; it is handed to the executor with
 //! [`Attempt::resumed`] set, and the executor decides (clean up and retry, or fail with a
@@ -24,13 +35,17 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::executor::error::TaskError;
-use crate::executor::task::{Attempt, Executor, Progress};
+use crate::executor::task::{Attempt, Executor, Progress, TaskOutcome};
+use crate::runtime::control::ToolControl;
 use crate::telemetry::metrics::Metrics;
 
+mod cancel;
 mod status;
+mod trust;
 
 pub use status::StatusWriter;
 
@@ -57,7 +72,15 @@ struct Context {
     executor: Arc<dyn Executor>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    /// The tasks running now, cancelled when their NodeTask is deleted.
+    running: Arc<cancel::Running>,
 }
+
+/// How long a cancelled task's executor may take to end (its tool is killed at once; this
+/// covers the clean-up after it: discarding a staged image) before it is abandoned.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Pause before the task loop is started again after it panicked.
+const RESTART_AFTER: Duration = Duration::from_secs(1);
 
 /// Errors of the intake loop (API errors; task failures are statuses, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -81,16 +104,44 @@ pub async fn run(
 ) {
     let api: Api<NodeTask> = Api::all(client.clone());
     let selector = format!("{}={}", label::NODE, config.node);
-    let workers = config.workers.max(1);
-    let mut stop = shutdown.clone();
     let ctx = Arc::new(Context {
         finished: Default::default(),
         client,
         config,
         executor,
         metrics,
-        shutdown,
+        shutdown: shutdown.clone(),
+        running: Default::default(),
     });
+    let deletions = tokio::spawn(cancel::watch_deletions(
+        api.clone(),
+        selector.clone(),
+        ctx.running.clone(),
+        shutdown.clone(),
+    ));
+    loop {
+        let round = tokio::spawn(task_loop(api.clone(), selector.clone(), ctx.clone()));
+        let ended = round.await;
+        if *shutdown.borrow() {
+            break;
+        }
+        match ended {
+            Err(e) if e.is_panic() => error!(
+                panic = %panic_message(e.into_panic()),
+                "the task loop panicked; restarting it"
+            ),
+            Err(e) => error!(error = %e, "the task loop was cancelled; restarting it"),
+            Ok(()) => warn!("the task loop ended without a shutdown; restarting it"),
+        }
+        tokio::time::sleep(RESTART_AFTER).await;
+    }
+    deletions.abort();
+}
+
+/// The controller over this node's tasks, until shutdown.
+async fn task_loop(api: Api<NodeTask>, selector: String, ctx: Arc<Context>) {
+    let workers = ctx.config.workers.max(1);
+    let mut stop = ctx.shutdown.clone();
     Controller::new(api, watcher::Config::default().labels(&selector))
         .with_config(ControllerConfig::default().concurrency(workers))
         .graceful_shutdown_on(async move {
@@ -103,6 +154,16 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// A panic's message (`panic!` with a literal or a formatted string), else a placeholder.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "a non-string panic".to_string(), |s| s.to_string()),
+    }
 }
 
 fn error_policy(_task: Arc<NodeTask>, err: &IntakeError, _ctx: Arc<Context>) -> Action {
@@ -154,6 +215,10 @@ async fn run_task(
 ) -> Result<Action, IntakeError> {
     let writer = StatusWriter::new(&ctx.client, &namespace, &ctx.config.node);
     let name = task.name_any();
+    let uid = task.uid().unwrap_or_default();
+    if let Err(refusal) = trust::check(&task, &namespace, &ctx.config.node) {
+        return refuse(&ctx, &writer, &task, refusal).await;
+    }
     let resumed = task.phase() == TaskPhase::Running;
     let previous = task.status.clone().unwrap_or_default();
     let start_time = previous
@@ -185,6 +250,8 @@ async fn run_task(
         let name = name.clone();
         let mut status = status.clone();
         let every = ctx.config.heartbeat_every;
+        let running = ctx.running.clone();
+        let uid = uid.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -200,8 +267,11 @@ async fn run_task(
                         ..Default::default()
                     });
                 }
-                if let Err(e) = writer.apply(&name, &status).await {
-                    warn!(error = %e, "could not write the task heartbeat");
+                match writer.apply(&name, &status).await {
+                    Ok(()) => {}
+                    // Gone: the deletion watch may not have said so yet.
+                    Err(kube::Error::Api(s)) if s.is_not_found() => running.deleted(&uid),
+                    Err(e) => warn!(error = %e, "could not write the task heartbeat"),
                 }
             }
         })
@@ -209,28 +279,40 @@ async fn run_task(
 
     let timeout = remaining(&start_time, task.spec.options.timeout_seconds);
     let started = Instant::now();
-    let exec = ctx.executor.execute(
+    // Every tool of the task ends by the task's deadline, and with the task.
+    let control = ToolControl::new(Some(started + timeout));
+    let _cancel_on_drop = CancelOnDrop(control.clone());
+    let mut registration = ctx.running.register(&uid);
+    // Its own tokio task: a panic in the executor fails this task, not the loop.
+    let mut exec = tokio::spawn(ctx.executor.execute(
         task.clone(),
         Attempt {
             resumed,
             progress: progress.clone(),
+            control: control.clone(),
         },
-    );
+    ));
     let mut shutdown = ctx.shutdown.clone();
     let grace = ctx.config.shutdown_grace;
     let outcome = tokio::select! {
-        r = exec => r,
-        _ = tokio::time::sleep(timeout) => Err(TaskError::TimedOut {
-            seconds: task.spec.options.timeout_seconds,
-        }),
+        r = &mut exec => joined(r),
+        _ = tokio::time::sleep(timeout) => {
+            stop(&control, exec).await;
+            Err(TaskError::TimedOut { seconds: task.spec.options.timeout_seconds })
+        }
+        _ = registration.deleted() => {
+            stop(&control, exec).await;
+            Err(TaskError::Deleted)
+        }
         _ = async {
             let _ = shutdown.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
-        } => Err(TaskError::Stopped {
-            node: ctx.config.node.clone(),
-            grace_s: grace.as_secs(),
-        }),
+        } => {
+            stop(&control, exec).await;
+            Err(TaskError::Stopped { node: ctx.config.node.clone(), grace_s: grace.as_secs() })
+        }
     };
+    let deleted = matches!(outcome, Err(TaskError::Deleted));
     let _ = done_tx.send(true);
     let _ = heartbeat.await;
 
@@ -259,6 +341,8 @@ async fn run_task(
     loop {
         match writer.apply(&name, &status).await {
             Ok(()) => break,
+            // A deleted task has no status left to write.
+            Err(kube::Error::Api(s)) if s.is_not_found() && deleted => break,
             Err(e) if attempt < 5 => {
                 attempt += 1;
                 warn!(error = %e, attempt, "could not write the final task status; retrying");
@@ -272,6 +356,79 @@ async fn run_task(
     }
     ctx.metrics
         .task(task.spec.operation.as_str(), result_label.as_str());
+    Ok(Action::await_change())
+}
+
+/// The executor's result; a panic in it is the task's failure.
+fn joined(r: Result<TaskOutcome, tokio::task::JoinError>) -> TaskOutcome {
+    r.unwrap_or_else(|e| {
+        let message = if e.is_panic() {
+            panic_message(e.into_panic())
+        } else {
+            e.to_string()
+        };
+        error!(panic = %message, "the task's executor panicked");
+        Err(TaskError::Panicked { message })
+    })
+}
+
+/// Cancels the task's tools and gives its executor [`STOP_GRACE`] to end (it sees its tool
+/// killed and cleans up); after that it is aborted.
+async fn stop(control: &ToolControl, mut exec: JoinHandle<TaskOutcome>) {
+    control.cancel();
+    match tokio::time::timeout(STOP_GRACE, &mut exec).await {
+        Ok(r) => {
+            if let Err(e) = joined(r) {
+                info!(error = %e, "the cancelled task's executor ended");
+            }
+        }
+        Err(_) => {
+            warn!(
+                grace_s = STOP_GRACE.as_secs(),
+                "the cancelled task's executor did not end in time; abandoning it"
+            );
+            exec.abort();
+        }
+    }
+}
+
+/// Cancels a task's tools when its reconcile is dropped (a panic in the loop, a shutdown), so
+/// that no tool outlives the code that waits for it.
+struct CancelOnDrop(ToolControl);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Fails a task this agent must not run ([`trust::check`]) without touching anything.
+async fn refuse(
+    ctx: &Context,
+    writer: &StatusWriter,
+    task: &NodeTask,
+    refusal: TaskError,
+) -> Result<Action, IntakeError> {
+    warn!(error = %refusal, "task refused");
+    let now = Time(Timestamp::now());
+    let status = NodeTaskStatus {
+        phase: Some(TaskPhase::Failed),
+        message: Some(refusal.to_string()),
+        heartbeat_time: Some(now.clone()),
+        start_time: Some(now.clone()),
+        completion_time: Some(now),
+        result: None,
+    };
+    // The API server may refuse the write too (the node-scope policy lets an agent write only
+    // its own node's tasks): there is nothing to retry then.
+    if let Err(e) = writer.apply(&task.name_any(), &status).await {
+        warn!(error = %e, "could not mark the refused task failed");
+    }
+    if let Ok(mut finished) = ctx.finished.lock() {
+        finished.insert(task.uid().unwrap_or_default());
+    }
+    ctx.metrics
+        .task(task.spec.operation.as_str(), TaskPhase::Failed.as_str());
     Ok(Action::await_change())
 }
 

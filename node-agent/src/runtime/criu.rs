@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::runtime::control::ToolControl;
 use crate::runtime::criu_log::log_errors;
 use crate::runtime::error::{Result, RuntimeError, io_err};
 use crate::runtime::exec::{self, DEFAULT_TIMEOUT};
@@ -37,6 +38,9 @@ pub struct Criu {
     pub libdir: Option<PathBuf>,
     /// Limit for one run.
     pub timeout: Duration,
+    /// The task's deadline and cancel switch (default: none). The executor binds each task's
+    /// own, so a cancelled task's CRIU is killed with its helpers.
+    pub control: ToolControl,
 }
 
 impl Default for Criu {
@@ -45,6 +49,7 @@ impl Default for Criu {
             binary: PathBuf::from(DEFAULT_CRIU),
             libdir: None,
             timeout: DEFAULT_TIMEOUT,
+            control: ToolControl::default(),
         }
     }
 }
@@ -91,6 +96,12 @@ impl Criu {
     /// Loads plugins from `libdir` (`--libdir`).
     pub fn with_libdir(mut self, libdir: impl Into<PathBuf>) -> Self {
         self.libdir = Some(libdir.into());
+        self
+    }
+
+    /// The same CRIU, its runs bound to a task's `control`.
+    pub fn with_control(mut self, control: ToolControl) -> Self {
+        self.control = control;
         self
     }
 
@@ -192,7 +203,7 @@ impl Criu {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         tracing::debug!(op, binary = %self.binary.display(), ?args, "running criu");
-        let finished = exec::run(&mut cmd, &format!("criu {op}"), self.timeout)?;
+        let finished = exec::run(&mut cmd, &format!("criu {op}"), self.timeout, &self.control)?;
         if !finished.status.success() {
             let message = log_errors(log);
             tracing::warn!(op, status = %finished.status, log = %log.display(), %message, "criu failed");

@@ -44,6 +44,13 @@ pub enum RuntimeError {
         /// The limit.
         after: Duration,
     },
+    /// The task was cancelled (deleted, past its deadline, agent stopping): the running tool
+    /// was killed with its process group, or none was started.
+    #[error("{what} was cancelled and killed")]
+    Cancelled {
+        /// What ran (or was about to run).
+        what: String,
+    },
     /// The request cannot be carried out as asked.
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -7,7 +7,8 @@
 //! executor calls it on a blocking thread and turns [`RuntimeError`] into a task's failure.
 //!
 //! Layers inside, bottom up (a module imports only from the ones below it):
-//! - [`error`], then [`exec`] (running a tool with a time limit), [`layout`] (file names and
+//! - [`error`], [`control`] (a task's deadline and cancel switch for its tools), then [`exec`]
+//!   (running a tool in its own process group with a time limit), [`layout`] (file names and
 //!   restore directories), [`criu_log`] (reading CRIU's log), [`plugin`] (ferry's plugin's
 //!   environment and stats);
 //! - [`criu`] (the `criu` binary), [`checkpoint`] and [`restore`] (the traits and their
@@ -16,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod containerd;
+pub mod control;
 pub mod criu;
 pub mod criu_log;
 pub mod error;

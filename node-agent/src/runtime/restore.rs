@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ferry_api::stats::PluginStats;
 
+use crate::runtime::control::ToolControl;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::exec::DEFAULT_TIMEOUT;
 use crate::runtime::plugin::{merge_stats, plugin_env};
@@ -76,6 +77,8 @@ pub struct RestoreJob {
     pub env: Vec<(String, String)>,
     /// Limit for each tool run.
     pub timeout: Duration,
+    /// The task's deadline and cancel switch for every tool of this restore (default: none).
+    pub control: ToolControl,
 }
 
 impl RestoreJob {
@@ -87,6 +90,7 @@ impl RestoreJob {
             parallel_restore: true,
             env: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            control: ToolControl::default(),
         }
     }
 

@@ -30,6 +30,7 @@ use ferry_api::stats::{DUMP_STATS_FILE, RESTORE_STATS_FILE};
 use crate::runtime::checkpoint::{
     CheckpointJob, CheckpointOutcome, Checkpointer, ContainerCheckpoint, ContainerTarget,
 };
+use crate::runtime::control::ToolControl;
 use crate::runtime::criu::{Criu, VersionCache};
 use crate::runtime::criu_log::{self, log_errors};
 use crate::runtime::error::{Result, RuntimeError, io_err};
@@ -138,8 +139,8 @@ impl Runc {
         args
     }
 
-    /// Runs runc with `args`; on failure the error carries runc's last stderr line and CRIU's
-    /// error lines from `criu_log`.
+    /// Runs runc with `args` within `timeout`, cut and cancelled by `control`; on failure the
+    /// error carries runc's last stderr line and CRIU's error lines from `criu_log`.
     fn run(
         &self,
         op: &'static str,
@@ -147,7 +148,7 @@ impl Runc {
         env: &[(String, String)],
         stderr_path: &Path,
         criu_log: &Path,
-        timeout: std::time::Duration,
+        (timeout, control): (std::time::Duration, &ToolControl),
     ) -> Result<std::time::Duration> {
         let stderr = File::create(stderr_path)
             .map_err(io_err(format!("create {}", stderr_path.display())))?;
@@ -159,7 +160,7 @@ impl Runc {
             .stdout(Stdio::null())
             .stderr(stderr);
         tracing::debug!(op, binary = %self.binary.display(), ?args, "running runc");
-        let finished = exec::run(&mut cmd, &format!("runc {op}"), timeout)?;
+        let finished = exec::run(&mut cmd, &format!("runc {op}"), timeout, control)?;
         if finished.status.success() {
             return Ok(finished.wall);
         }
@@ -188,6 +189,44 @@ impl Runc {
         })
     }
 }
+
+impl Runc {
+    /// After a `runc checkpoint` killed halfway (finding 7): runc has CRIU freeze the
+    /// container's cgroup, and a killed CRIU leaves it frozen. `runc resume` thaws it (runc
+    /// reports a frozen container as paused); a container that is not frozen answers "not
+    /// paused", which is fine. Runs under its own short limit: the task's control is
+    /// cancelled by now.
+    fn thaw(&self, id: &str, dir: &Path) {
+        let mut args = self.global_args();
+        args.extend(["resume".into(), id.into()]);
+        let log = dir.join("runc-resume.log");
+        let result = File::create(&log)
+            .map_err(io_err(format!("create {}", log.display())))
+            .and_then(|stderr| {
+                let mut cmd = Command::new(&self.binary);
+                cmd.args(&args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(stderr);
+                exec::run(&mut cmd, "runc resume", THAW_LIMIT, &ToolControl::default())
+            });
+        match result {
+            Ok(done) if done.status.success() => {
+                tracing::warn!(id, "runc checkpoint killed; the container was thawed")
+            }
+            Ok(done) => {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                tracing::info!(id, status = %done.status, runc = %said.trim(), "runc checkpoint killed; nothing to thaw");
+            }
+            Err(e) => {
+                tracing::error!(id, error = %e, "runc checkpoint killed and the container could not be thawed")
+            }
+        }
+    }
+}
+
+/// Limit for the `runc resume` after a killed checkpoint.
+const THAW_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The message of a runc (logrus) error line, first line only:
 /// `time="…" level=error msg="criu failed: type NOTIFY errno 0\nlog file: …"` →
@@ -223,14 +262,23 @@ impl Checkpointer for Runc {
             let started_at = jiff::Timestamp::now();
             let args = self.checkpoint_args(id, &dir, job.leave_running);
             let log = dir.join(RUNC_DUMP_LOG);
-            let wall = self.run(
-                "checkpoint",
-                &args,
-                &job.env,
-                &dir.join(RUNC_CHECKPOINT_STDERR),
-                &log,
-                job.timeout,
-            )?;
+            let wall = self
+                .run(
+                    "checkpoint",
+                    &args,
+                    &job.env,
+                    &dir.join(RUNC_CHECKPOINT_STDERR),
+                    &log,
+                    (job.timeout, &self.criu.control),
+                )
+                .inspect_err(|e| {
+                    if matches!(
+                        e,
+                        RuntimeError::Timeout { .. } | RuntimeError::Cancelled { .. }
+                    ) {
+                        self.thaw(id, &dir);
+                    }
+                })?;
             tracing::info!(wall_s = wall.as_secs_f64(), "runc checkpoint done");
             frozen_at.get_or_insert_with(|| criu_log::frozen_at(started_at, &log));
             let plugin_stats = read_plugin_stats(&dir, DUMP_STATS_FILE)?;
@@ -277,13 +325,18 @@ impl Restorer for Runc {
             let _g = span.enter();
             let args = self.restore_args(id, &dir, &dir, bundle);
             let log = dir.join(RUNC_RESTORE_LOG);
+            let control = if job.control.is_live() {
+                &job.control
+            } else {
+                &self.criu.control
+            };
             let wall = self.run(
                 "restore",
                 &args,
                 &env,
                 &dir.join(RUNC_RESTORE_STDERR),
                 &log,
-                job.timeout,
+                (job.timeout, control),
             )?;
             let pidfile = dir.join(RUNC_PIDFILE);
             let pid = std::fs::read_to_string(&pidfile)

@@ -457,3 +457,62 @@ pub fn tool_failure(err: &RuntimeError) -> (&'static str, &'static str, &str, &P
         other => panic!("unexpected error: {other}"),
     }
 }
+
+// ---- a hung CRIU ----
+
+/// A field of `/proc/<pid>/status` (`TracerPid:`, `State:`).
+pub fn proc_status(pid: i32, key: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+pub fn state(pid: i32) -> String {
+    proc_status(pid, "State:").unwrap_or_default()
+}
+
+/// Waits for CRIU to seize `pid` and put its parasite in, then stops CRIU (SIGSTOP): a dump
+/// that hangs with the workload frozen. Returns CRIU's pid and its images dir.
+pub fn hang_criu_on(pid: i32) -> (i32, PathBuf) {
+    let t = Instant::now();
+    let criu = loop {
+        if let Some(tracer) = proc_status(pid, "TracerPid:").and_then(|v| v.parse::<i32>().ok())
+            && tracer != 0
+        {
+            break tracer;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "CRIU never seized the workload"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let cmdline = std::fs::read(format!("/proc/{criu}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let dir = PathBuf::from(&args[args.iter().position(|a| a == "-D").unwrap() + 1]);
+    let log = dir.join("criu-dump.log");
+    while !std::fs::read_to_string(&log)
+        .is_ok_and(|l| l.contains("has been switched to daemon mode"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "CRIU's parasite never came up"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    kill_with(criu, rustix::process::Signal::STOP);
+    eprintln!(
+        "criu {criu} stopped mid-dump; workload state {:?}",
+        state(pid)
+    );
+    (criu, dir)
+}
+
+pub fn kill_with(pid: i32, signal: rustix::process::Signal) {
+    let p = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(p, signal).unwrap();
+}

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::runtime::control::ToolControl;
 use crate::runtime::error::{Result, io_err};
 use crate::runtime::exec::{self, tool_result};
 
@@ -19,8 +20,15 @@ pub struct Ctr {
 }
 
 impl Ctr {
-    /// `ctr images import` of the OCI archive `archive`; `ctr`'s output goes to `log`.
-    pub fn import(&self, archive: &Path, log: &Path, limit: Duration) -> Result<()> {
+    /// `ctr images import` of the OCI archive `archive`; `ctr`'s output goes to `log`. The
+    /// import is a task's tool: it ends with `control`'s deadline or cancel.
+    pub fn import(
+        &self,
+        archive: &Path,
+        log: &Path,
+        limit: Duration,
+        control: &ToolControl,
+    ) -> Result<()> {
         let out =
             std::fs::File::create(log).map_err(io_err(format!("create {}", log.display())))?;
         let err = out
@@ -35,7 +43,7 @@ impl Ctr {
             .stdin(std::process::Stdio::null())
             .stdout(out)
             .stderr(err);
-        let done = exec::run(&mut cmd, "ctr images import", limit)?;
+        let done = exec::run(&mut cmd, "ctr images import", limit, control)?;
         tool_result("ctr", "images import", done.status, log)
     }
 
@@ -57,7 +65,7 @@ impl Ctr {
         cmd.stdout(out.try_clone().map_err(io_err("ctr output file"))?)
             .stderr(err.reopen().map_err(io_err("ctr log file"))?);
         let what = format!("ctr {}", args.join(" "));
-        let done = exec::run(&mut cmd, &what, limit)?;
+        let done = exec::run(&mut cmd, &what, limit, &ToolControl::default())?;
         tool_result("ctr", "query", done.status, err.path())?;
         let mut text = String::new();
         use std::io::{Read, Seek};
@@ -76,7 +84,7 @@ impl Ctr {
         let mut cmd = self.command(&args);
         cmd.stdout(std::process::Stdio::null())
             .stderr(err.reopen().map_err(io_err("ctr log file"))?);
-        let done = exec::run(&mut cmd, "ctr images rm", limit)?;
+        let done = exec::run(&mut cmd, "ctr images rm", limit, &ToolControl::default())?;
         tool_result("ctr", "images rm", done.status, err.path())
     }
 }

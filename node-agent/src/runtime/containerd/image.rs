@@ -9,6 +9,7 @@ use std::time::Duration;
 use ferry_api::names::annotation::CRIU_CHECKPOINT_CONTAINER_NAME;
 use serde_json::json;
 
+use crate::runtime::control::ToolControl;
 use crate::runtime::error::{Result, RuntimeError, io_err};
 use crate::runtime::exec::{self, tool_result};
 use crate::store::{hash_file, sha256_hex};
@@ -153,17 +154,35 @@ impl ContainerdCheckpointImage {
             .tempdir()
             .map_err(io_err("create a checkpoint image directory"))?;
         let layout = self.build_layout(archive, &tmp.path().join("layout"))?;
-        pack(&layout.dir, out, &tmp.path().join("tar.log"), limit)
+        pack(
+            &layout.dir,
+            out,
+            &tmp.path().join("tar.log"),
+            limit,
+            &ToolControl::default(),
+        )
     }
 }
 
 /// Packs the OCI image layout `layout` into the tar `out` that `ctr images import` reads;
-/// `tar`'s messages go to `out` with the extension `tar.log`.
-pub fn pack_layout(layout: &Path, out: &Path, limit: Duration) -> Result<()> {
-    pack(layout, out, &out.with_extension("tar.log"), limit)
+/// `tar`'s messages go to `out` with the extension `tar.log`. `tar` is a task's tool: it
+/// ends with `control`'s deadline or cancel.
+pub fn pack_layout(
+    layout: &Path,
+    out: &Path,
+    limit: Duration,
+    control: &ToolControl,
+) -> Result<()> {
+    pack(layout, out, &out.with_extension("tar.log"), limit, control)
 }
 
-fn pack(layout: &Path, out: &Path, log: &Path, limit: Duration) -> Result<()> {
+fn pack(
+    layout: &Path,
+    out: &Path,
+    log: &Path,
+    limit: Duration,
+    control: &ToolControl,
+) -> Result<()> {
     let stderr = std::fs::File::create(log).map_err(io_err(format!("create {}", log.display())))?;
     let mut cmd = std::process::Command::new("tar");
     cmd.arg("-C")
@@ -174,7 +193,7 @@ fn pack(layout: &Path, out: &Path, log: &Path, limit: Duration) -> Result<()> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(stderr);
-    let done = exec::run(&mut cmd, "tar of the checkpoint image", limit)?;
+    let done = exec::run(&mut cmd, "tar of the checkpoint image", limit, control)?;
     tool_result("tar", "create", done.status, log)
 }
 
@@ -219,7 +238,7 @@ mod tests {
         assert_eq!(desc["platform"]["os"], "linux");
         // The layout packs into the tar `ctr images import` reads.
         let tar = tmp.path().join("img.tar");
-        pack_layout(&out, &tar, Duration::from_secs(30)).unwrap();
+        pack_layout(&out, &tar, Duration::from_secs(30), &ToolControl::default()).unwrap();
         let listing = std::process::Command::new("tar")
             .arg("-tf")
             .arg(&tar)

@@ -41,13 +41,13 @@ impl Restorer for CheckpointImageImport {
             }
             .build_layout(&archive, &job.work_dir.join(format!("{name}-layout")))?;
             let tar = job.work_dir.join(format!("{name}.oci.tar"));
-            pack_layout(&layout.dir, &tar, job.timeout)?;
+            pack_layout(&layout.dir, &tar, job.timeout, &job.control)?;
             // The layout's copy of the archive is in the tar now: free it before the import
             // copies the tar into containerd's content store.
             let _ = std::fs::remove_dir_all(&layout.dir);
             let log = job.work_dir.join(format!("{name}-import.log"));
             let asked = Instant::now();
-            self.ctr.import(&tar, &log, job.timeout)?;
+            self.ctr.import(&tar, &log, job.timeout, &job.control)?;
             let tool_wall = asked.elapsed();
             let _ = std::fs::remove_file(&tar);
             tracing::info!(container = %name, reference = %reference, "checkpoint image imported into containerd");

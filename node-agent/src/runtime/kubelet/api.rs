@@ -11,6 +11,7 @@ use hyper::StatusCode;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+use crate::runtime::control::ToolControl;
 use crate::runtime::error::{Result, RuntimeError, io_err};
 
 /// Where the kubelet writes checkpoint archives on the node.
@@ -35,6 +36,9 @@ pub struct KubeletApi {
     pub host_checkpoints_dir: PathBuf,
     /// The same dir as the agent sees it (its hostPath mount).
     pub local_checkpoints_dir: PathBuf,
+    /// The task's deadline and cancel switch (default: none): a cancelled task stops waiting
+    /// for the kubelet, and the kubelet is asked to give up by the task's deadline (`timeout`).
+    pub control: ToolControl,
 }
 
 impl KubeletApi {
@@ -52,6 +56,7 @@ impl KubeletApi {
             bearer_token: None,
             host_checkpoints_dir: PathBuf::from(KUBELET_CHECKPOINTS_DIR),
             local_checkpoints_dir: PathBuf::from(KUBELET_CHECKPOINTS_DIR),
+            control: ToolControl::default(),
         }
     }
 
@@ -201,19 +206,30 @@ impl KubeletApi {
         Ok(self.local_checkpoints_dir.join(name))
     }
 
-    /// POSTs `path` and returns the status and body.
+    /// POSTs `path` and returns the status and body; gives up at `limit` (cut to the task's
+    /// deadline) or when the task is cancelled.
     pub fn post(&self, path: &str, limit: Duration) -> Result<(StatusCode, Bytes)> {
+        let what = || format!("kubelet POST {path}");
+        if self.control.is_cancelled() {
+            return Err(RuntimeError::Cancelled { what: what() });
+        }
+        let limit = self.control.limit(limit);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(io_err("start the kubelet client runtime"))?;
         rt.block_on(async {
-            tokio::time::timeout(limit, self.post_async(path))
-                .await
-                .map_err(|_| RuntimeError::Timeout {
-                    what: format!("kubelet POST {path}"),
-                    after: limit,
-                })?
+            let cancelled = async {
+                while !self.control.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::select! {
+                r = tokio::time::timeout(limit, self.post_async(path)) => {
+                    r.map_err(|_| RuntimeError::Timeout { what: what(), after: limit })?
+                }
+                _ = cancelled => Err(RuntimeError::Cancelled { what: what() }),
+            }
         })
     }
 

@@ -7,11 +7,17 @@ use crate::runtime::error::{Result, RuntimeError, io_err};
 
 /// Largest archive member [`archive_member`] reads.
 const MAX_MEMBER: u64 = 1 << 20;
+/// Longest GNU long name read (Linux's `PATH_MAX`). The name's size comes from the archive,
+/// which the kubelet's CRIU wrote from the container's state: a header claiming gigabytes
+/// must not make the agent allocate them (issue #14, finding 10).
+pub const MAX_LONG_NAME: u64 = 4096;
 
 /// Reads the member `name` (e.g. `checkpoint/ferry-dump-stats.json`; a leading `./` in the
 /// archive is ignored) of the tar `archive`, if present and at most 1 MiB. Plain ustar and
 /// GNU long names; enough for the kubelet's checkpoint archives (which are uncompressed tars),
-/// without unpacking the images.
+/// without unpacking the images. Whatever the headers say, it allocates at most
+/// [`MAX_MEMBER`] for a member and [`MAX_LONG_NAME`] for a long name; a long name over that is
+/// an error.
 pub fn archive_member(archive: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     use std::io::{Read, Seek, SeekFrom};
     let ctx = || format!("read {}", archive.display());
@@ -51,8 +57,19 @@ pub fn archive_member(archive: &Path, name: &str) -> Result<Option<Vec<u8>>> {
         };
         if typeflag == b'L' {
             // GNU long name: the data is the next entry's name.
+            if size > MAX_LONG_NAME {
+                return Err(RuntimeError::Invalid(format!(
+                    "{}: tar long name of {size} bytes (at most {MAX_LONG_NAME})",
+                    archive.display()
+                )));
+            }
             let mut buf = vec![0u8; usize::try_from(padded).unwrap_or(0)];
-            f.read_exact(&mut buf).map_err(io_err(ctx()))?;
+            match f.read_exact(&mut buf) {
+                Ok(()) => {}
+                // A truncated archive holds no further member.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(io_err(ctx())(e)),
+            }
             buf.truncate(usize::try_from(size).unwrap_or(0));
             let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
             long_name = Some(String::from_utf8_lossy(&buf[..end]).into_owned());
@@ -66,8 +83,16 @@ pub fn archive_member(archive: &Path, name: &str) -> Result<Option<Vec<u8>>> {
                 return Ok(None);
             }
             let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
-            f.read_exact(&mut buf).map_err(io_err(ctx()))?;
-            return Ok(Some(buf));
+            return match f.read_exact(&mut buf) {
+                Ok(()) => Ok(Some(buf)),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Err(RuntimeError::Invalid(format!(
+                        "{}: member {name} is cut short",
+                        archive.display()
+                    )))
+                }
+                Err(e) => Err(io_err(ctx())(e)),
+            };
         }
         let skip = i64::try_from(padded).map_err(|_| {
             RuntimeError::Invalid(format!("{}: tar member too large", archive.display()))

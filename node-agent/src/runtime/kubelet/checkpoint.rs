@@ -44,19 +44,18 @@ impl Checkpointer for KubeletApi {
                     "the kubelet checkpointer cannot checkpoint {target:?}"
                 )));
             };
-            let path = KubeletApi::checkpoint_path(
-                &job.source.namespace,
-                &job.source.pod,
-                name,
-                job.timeout,
-            )?;
+            // The kubelet (its CRIU) is asked to finish by the task's deadline: ferry cannot
+            // kill the kubelet's CRIU, only stop waiting for it.
+            let limit = self.control.limit(job.timeout);
+            let path =
+                KubeletApi::checkpoint_path(&job.source.namespace, &job.source.pod, name, limit)?;
             let span = tracing::info_span!("kubelet_checkpoint", node = %self.address, namespace = %job.source.namespace, pod = %job.source.pod, container = %name);
             let _g = span.enter();
             // The kubelet freezes during the call; its CRIU log is inside the archive, so the
             // request's start is the freeze instant's bound here.
             frozen_at.get_or_insert_with(jiff::Timestamp::now);
             let asked = Instant::now();
-            let (status, body) = self.post(&path, job.timeout + Duration::from_secs(30))?;
+            let (status, body) = self.post(&path, limit + Duration::from_secs(30))?;
             let tool_wall = asked.elapsed();
             let items = KubeletApi::parse_response(status, &body)?;
             let archive = self.local_archive(&items[0])?;
