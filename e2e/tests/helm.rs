@@ -245,14 +245,41 @@ fn the_chart_lints_renders_installs_and_uninstalls() {
         .kubectl(&["get", "crd", "-o", "name"])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(crds.contains("checkpointrequests.ferry.dev"), "{crds}");
-    helm_in(&["uninstall", "ferry", "-n", "gpu-ops", "--wait"]);
-    assert!(!names("deployment").contains("ferry-operator"));
-    assert!(!names("daemonset").contains("ferry-agent"));
-    let roles = cluster
-        .kubectl(&["get", "clusterrole", "-o", "name"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cluster_scoped = |kind: &str| {
+        cluster
+            .kubectl(&["get", kind, "-o", "name"])
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let policies = "validatingadmissionpolicies,validatingadmissionpolicybindings";
     assert!(
-        !roles.contains("ferry-agent") && !roles.contains("ferry-operator"),
-        "{roles}"
+        cluster_scoped(policies).contains("ferry-agent-node-scope"),
+        "the chart installs the agents' node-scope policy"
+    );
+    helm_in(&["uninstall", "ferry", "-n", "gpu-ops", "--wait"]);
+    // Nothing of ferry's is left but what Helm convention and data safety keep: the CRDs.
+    for kind in [
+        "deployment",
+        "daemonset",
+        "serviceaccount",
+        "role",
+        "rolebinding",
+        "configmap",
+        "service",
+    ] {
+        let left = names(kind);
+        assert!(!left.contains("ferry"), "{kind} left behind: {left}");
+    }
+    for kind in [
+        "clusterrole",
+        "clusterrolebinding",
+        policies,
+        "validatingwebhookconfigurations,mutatingwebhookconfigurations",
+    ] {
+        let left = cluster_scoped(kind);
+        assert!(!left.contains("ferry"), "{kind} left behind: {left}");
+    }
+    assert!(
+        cluster_scoped("crd").contains("checkpointrequests.ferry.dev"),
+        "helm uninstall must keep the CRDs (and with them every CheckpointRequest)"
     );
 }
