@@ -22,6 +22,11 @@ const CHECKS: &[(&str, &[&str], &str)] = &[
         "ferry-operator ",
     ),
     ("agent", &["ferry-agent", "--version"], "ferry-node-agent "),
+    (
+        "supervisor",
+        &["ferry-supervisor", "--version"],
+        "ferry-supervisor ",
+    ),
     ("criu", &["criu", "--version"], "Version: 4."),
     ("ctr", &["ctr", "--version"], "containerd/v2"),
     ("tar", &["tar", "--version"], "GNU tar"),
