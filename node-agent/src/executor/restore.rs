@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ferry_api::NodeTask;
 use tracing::info;
 
+use crate::executor::checkpoint::check_image_owner;
 use crate::executor::context::{Context, tool_timeout};
 use crate::executor::error::TaskError;
 use crate::executor::pull;
@@ -29,6 +30,8 @@ pub async fn run(ctx: &Context, task: Arc<NodeTask>, attempt: Attempt) -> TaskOu
             location: location.clone(),
             source,
         })?;
+    // A local image under a re-used request name is an earlier request's, not this one's.
+    check_image_owner(&task, &image, false)?;
     if pulled.is_none() {
         // A pulled image was verified file by file as it arrived; a local one is checked
         // now, before anything is restored from it.

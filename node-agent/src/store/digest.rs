@@ -27,7 +27,12 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Size and SHA-256 (hex) of a file's contents.
 pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut file = File::open(path)?;
+    hash_reader(File::open(path)?)
+}
+
+/// Size and SHA-256 (hex) of everything `reader` yields (an image file the store opened
+/// beneath its root).
+pub fn hash_reader(mut file: impl Read) -> io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; HASH_BUFFER];
     let mut size = 0u64;
@@ -37,7 +42,7 @@ pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
             break;
         }
         hasher.update(&buf[..n]);
-        size += n as u64;
+        size = size.saturating_add(n as u64);
     }
     Ok((size, hex(&hasher.finalize())))
 }

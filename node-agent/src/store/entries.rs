@@ -1,10 +1,16 @@
-//! What a store holds: every published image and every partial, with its age and size, for
-//! GC and status.
+//! What a store holds: every published image and every partial at `<namespace>/<request>`,
+//! with its age and size, for GC and status; and the image directories there whose manifest
+//! does not parse, which GC moves aside instead of deleting.
+//!
+//! Only that depth is looked at: the operator puts every image there, and anything else under
+//! the root (deeper directories, files, names starting with a dot) is not an image, so it is
+//! neither listed nor collected.
 
 use std::fs;
 use std::path::Path;
 
 use jiff::Timestamp;
+use tracing::warn;
 
 use super::error::{Result, io_err};
 use super::paths::{MANIFEST_FILE, PARTIAL_SUFFIX, list_files};
@@ -23,75 +29,93 @@ pub struct Entry {
     pub bytes: u64,
 }
 
+/// What a scan of a store found.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Scan {
+    /// Images and partials.
+    pub entries: Vec<Entry>,
+    /// `<namespace>/<request>` directories with a `manifest.json` that does not parse (or
+    /// cannot be read), with why.
+    pub unreadable: Vec<(String, String)>,
+}
+
 impl Store {
-    /// Every published image and every partial, for GC and status.
+    /// Every published image and every partial at `<namespace>/<request>`, for GC and status.
+    /// Image directories whose manifest does not parse are left out (and logged).
     pub fn list(&self) -> Result<Vec<Entry>> {
-        fn walk(store: &Store, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
-            let entries = fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;
-            for entry in entries {
-                let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;
-                let path = entry.path();
-                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if !is_dir {
-                    continue;
-                }
-                let Some(rel) = path
-                    .strip_prefix(store.root())
-                    .ok()
-                    .and_then(|p| p.to_str())
-                    .map(str::to_string)
-                else {
-                    continue;
-                };
-                if let Some(location) = rel.strip_suffix(PARTIAL_SUFFIX) {
-                    let modified = entry
-                        .metadata()
+        let scan = self.scan()?;
+        for (location, error) in &scan.unreadable {
+            warn!(store = %self.root().display(), location = %location, error = %error, "unreadable image manifest; GC moves it aside");
+        }
+        Ok(scan.entries)
+    }
+
+    /// Reads the store's two levels: `<namespace>` directories, and in each the image
+    /// directories and partials. Symlinks are not followed.
+    pub(super) fn scan(&self) -> Result<Scan> {
+        let mut scan = Scan::default();
+        for (ns, ns_path) in subdirs(self.root())? {
+            if ns.starts_with('.') {
+                // The marker, the quarantine: the store's own, not images.
+                continue;
+            }
+            for (name, path) in subdirs(&ns_path)? {
+                if let Some(request) = name.strip_suffix(PARTIAL_SUFFIX) {
+                    let modified = fs::symlink_metadata(&path)
                         .and_then(|m| m.modified())
                         .ok()
                         .and_then(|t| Timestamp::try_from(t).ok())
                         .unwrap_or(Timestamp::UNIX_EPOCH);
-                    out.push(Entry {
-                        location: location.to_string(),
+                    scan.entries.push(Entry {
+                        location: format!("{ns}/{request}"),
                         partial: true,
                         created_at: modified,
                         bytes: dir_bytes(&path),
                     });
-                } else if path.join(MANIFEST_FILE).is_file() {
-                    match store.open_image(&rel) {
-                        Ok(image) => out.push(Entry {
-                            location: rel,
-                            partial: false,
-                            created_at: image.manifest.created_at,
-                            bytes: image.manifest.total_bytes(),
-                        }),
-                        Err(e) => {
-                            tracing::warn!(location = %rel, error = %e, "unreadable image manifest; GC treats it as old");
-                            out.push(Entry {
-                                location: rel,
-                                partial: false,
-                                created_at: Timestamp::UNIX_EPOCH,
-                                bytes: dir_bytes(&path),
-                            });
-                        }
-                    }
-                } else {
-                    walk(store, &path, out)?;
+                    continue;
+                }
+                let has_manifest = fs::symlink_metadata(path.join(MANIFEST_FILE))
+                    .is_ok_and(|m| m.file_type().is_file());
+                if !has_manifest {
+                    // Not an image (ferry publishes manifest and files in one rename).
+                    continue;
+                }
+                let location = format!("{ns}/{name}");
+                match self.open_image(&location) {
+                    Ok(image) => scan.entries.push(Entry {
+                        bytes: image.manifest.total_bytes(),
+                        created_at: image.manifest.created_at,
+                        location,
+                        partial: false,
+                    }),
+                    Err(e) => scan.unreadable.push((location, e.to_string())),
                 }
             }
-            Ok(())
         }
-        let mut out = Vec::new();
-        walk(self, self.root(), &mut out)?;
-        out.sort_by(|a, b| a.location.cmp(&b.location));
-        Ok(out)
+        scan.entries.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(scan)
     }
+}
+
+/// The subdirectories of `dir` (not symlinks to one) whose names are UTF-8, by name and path.
+fn subdirs(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
+        let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push((name, entry.path()));
+        }
+    }
+    Ok(out)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
     list_files(dir)
         .unwrap_or_default()
         .iter()
-        .filter_map(|f| fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum()
+        .filter_map(|f| fs::symlink_metadata(dir.join(f)).ok())
+        .fold(0u64, |sum, m| sum.saturating_add(m.len()))
 }

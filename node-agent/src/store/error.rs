@@ -24,6 +24,40 @@ pub enum StoreError {
         /// The agent's stores.
         allowed: String,
     },
+    /// A directory that is not ferry's: no store marker, and content ferry did not write.
+    #[error(
+        "{root} is not a ferry image store: it has no .ferry-store marker and holds {found:?}, which ferry did not write; refusing to use it (GC deletes under a store's root): name an empty directory, or one of ferry's"
+    )]
+    ForeignDirectory {
+        /// The directory.
+        root: String,
+        /// The first foreign entry, relative to it.
+        found: String,
+    },
+    /// An image at the location that another request (or an older agent) published.
+    #[error(
+        "the image there was made for {found}, not for this request (uid {want}); an image left under a re-used request name is never taken for the new request's: delete it (or its request) first"
+    )]
+    OtherRequest {
+        /// Whose the image is: `request uid …`, or `an unknown request` (no uid recorded).
+        found: String,
+        /// The task's request UID (`unknown` if the task names none).
+        want: String,
+    },
+    /// Not enough free space to write an image.
+    #[error(
+        "not enough space in store {root}: {what} needs about {need} bytes, {free} are free; nothing was started"
+    )]
+    NoSpace {
+        /// The store's root.
+        root: String,
+        /// What needs the space.
+        what: String,
+        /// Estimated bytes needed.
+        need: u64,
+        /// Bytes free for the agent.
+        free: u64,
+    },
     /// No published image at that location.
     #[error("no image {0:?} in the store")]
     NotFound(String),

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::entries::Entry;
 use super::error::{Result, io_err};
 use super::in_use;
-use super::paths::partial_name;
+use super::paths::{QUARANTINE_DIR, partial_name};
 use super::registry::Stores;
 use super::root::Store;
 
@@ -49,6 +49,9 @@ pub struct GcReport {
     pub freed_bytes: u64,
     /// Bytes left in the store.
     pub remaining_bytes: u64,
+    /// Image directories whose manifest does not parse, moved to the store's
+    /// [`QUARANTINE_DIR`] (a person decides what they are; GC deletes only what it can read).
+    pub quarantined: Vec<String>,
 }
 
 impl Store {
@@ -62,7 +65,23 @@ impl Store {
         now: Timestamp,
         in_use: &HashSet<String>,
     ) -> Result<GcReport> {
-        let mut entries = self.list()?;
+        let scan = self.scan()?;
+        let mut report = GcReport::default();
+        for (location, error) in &scan.unreadable {
+            if in_use.contains(location) {
+                continue;
+            }
+            match self.quarantine(location) {
+                Ok(to) => {
+                    warn!(store = %self.root().display(), location = %location, error = %error, moved_to = %to, "unreadable image manifest: moved aside, not deleted");
+                    report.quarantined.push(location.clone());
+                }
+                Err(e) => {
+                    warn!(store = %self.root().display(), location = %location, error = %e, "could not move an unreadable image aside; left in place")
+                }
+            }
+        }
+        let mut entries = scan.entries;
         let mut in_use = in_use.clone();
         for e in &entries {
             if in_use::in_use(&self.image_dir(&e.location)?, in_use::RECENT) {
@@ -70,7 +89,6 @@ impl Store {
             }
         }
         let in_use = &in_use;
-        let mut report = GcReport::default();
         entries.sort_by_key(|e| e.created_at);
         let mut kept = Vec::new();
         for entry in entries {
@@ -78,13 +96,13 @@ impl Store {
             if expired && !in_use.contains(&entry.location) {
                 self.delete_entry(&entry)?;
                 report.deleted.push(entry.location);
-                report.freed_bytes += entry.bytes;
+                report.freed_bytes = report.freed_bytes.saturating_add(entry.bytes);
             } else {
                 kept.push(entry);
             }
         }
         if let Some(quota) = policy.quota_bytes {
-            let mut total: u64 = kept.iter().map(|e| e.bytes).sum();
+            let mut total = total_bytes(&kept);
             for entry in &kept {
                 if total <= quota {
                     break;
@@ -95,13 +113,39 @@ impl Store {
                 self.delete_entry(entry)?;
                 total = total.saturating_sub(entry.bytes);
                 report.deleted.push(entry.location.clone());
-                report.freed_bytes += entry.bytes;
+                report.freed_bytes = report.freed_bytes.saturating_add(entry.bytes);
             }
             report.remaining_bytes = total;
         } else {
-            report.remaining_bytes = kept.iter().map(|e| e.bytes).sum();
+            report.remaining_bytes = total_bytes(&kept);
         }
         Ok(report)
+    }
+
+    /// Moves the image directory at `location` into the store's [`QUARANTINE_DIR`], under a
+    /// new name (location and time), never replacing anything. Returns where it went.
+    fn quarantine(&self, location: &str) -> Result<String> {
+        let from = self.image_dir(location)?;
+        let dir = self.root().join(QUARANTINE_DIR);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(format!("create {}", dir.display()))(e)),
+        }
+        let to = dir.join(format!(
+            "{}@{}",
+            location.replace('/', "_"),
+            Timestamp::now().as_nanosecond()
+        ));
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &from,
+            rustix::fs::CWD,
+            &to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| io_err(format!("move {} to {}", from.display(), to.display()))(e.into()))?;
+        Ok(to.display().to_string())
     }
 
     fn delete_entry(&self, entry: &Entry) -> Result<()> {
@@ -117,6 +161,12 @@ impl Store {
             Err(e) => Err(io_err(format!("remove {}", path.display()))(e)),
         }
     }
+}
+
+fn total_bytes(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .fold(0u64, |sum, e| sum.saturating_add(e.bytes))
 }
 
 /// Hears each store's GC report, by the store's root (the agent's metrics).

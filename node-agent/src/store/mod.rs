@@ -10,7 +10,8 @@
 //! One concern per module, lowest first (each imports only those above it):
 //! - `error`: [`StoreError`].
 //! - `digest`: SHA-256 in hex, of bytes and files.
-//! - `paths`: the on-disk names, [`validate_relative`], symlink-safe joins.
+//! - `paths`: the on-disk names, [`validate_relative`], symlink-safe joins and opens.
+//! - `marker`: the `.ferry-store` marker that makes a directory a store.
 //! - `manifest`: [`Manifest`] and what it says about an image.
 //! - [`in_use`]: images a task holds or the server used a moment ago, which GC spares.
 //! - `image`: a published [`Image`] and its verification.
@@ -27,6 +28,7 @@ mod gc;
 mod image;
 pub mod in_use;
 mod manifest;
+mod marker;
 mod paths;
 mod registry;
 mod root;
@@ -34,13 +36,19 @@ mod staging;
 #[cfg(test)]
 mod tests;
 
-pub use digest::{hash_file, hex, sha256_hex};
+pub use digest::{hash_file, hash_reader, hex, sha256_hex};
 pub use entries::Entry;
 pub use error::{Result, StoreError};
 pub use gc::{GcFollowUp, GcLoop, GcPolicy, GcReport, GcReporter};
 pub use image::Image;
-pub use manifest::{FileEntry, ImageKind, ImageMeta, ImageSource, MANIFEST_VERSION, Manifest};
-pub use paths::{MANIFEST_FILE, PARTIAL_SUFFIX, validate_relative};
+pub use manifest::{
+    FileEntry, ImageKind, ImageMeta, ImageSource, MANIFEST_VERSION, MAX_MANIFEST_BYTES, Manifest,
+    RawJson,
+};
+pub use paths::{
+    MANIFEST_FILE, MARKER_FILE, PARTIAL_SUFFIX, QUARANTINE_DIR, validate_location,
+    validate_relative,
+};
 pub use registry::Stores;
 pub use root::Store;
 pub use staging::Staging;

@@ -1,10 +1,14 @@
 //! The store's layout on disk and its path safety: the names it reserves (`manifest.json`,
 //! `*.partial`), the check every path from outside goes through ([`validate_relative`]), and
-//! joins that refuse symlinks, so nothing resolves outside the store's root.
+//! joins that refuse symlinks, and [`open_beneath`], which opens a file under the root with
+//! the kernel refusing every symlink on the way (no check-then-open race).
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use super::error::{Result, StoreError, io_err};
 
@@ -14,6 +18,12 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const PARTIAL_SUFFIX: &str = ".partial";
 /// Longest relative path the store accepts (PATH_MAX).
 const MAX_PATH_LEN: usize = 4096;
+/// The file at a store's root that says ferry owns the directory: GC deletes only under a root
+/// that has it ([`super::marker`]).
+pub const MARKER_FILE: &str = ".ferry-store";
+/// Where GC moves image directories whose manifest does not parse, instead of deleting them.
+/// Its leading dot keeps it apart from every location (namespaces never start with a dot).
+pub const QUARANTINE_DIR: &str = ".ferry-quarantine";
 
 /// Checks that `path` is a plain relative path: not empty, not absolute, no `.`/`..`/empty
 /// segments, no NUL, no `.partial` segment (the store's own staging names).
@@ -52,6 +62,63 @@ pub fn validate_relative(path: &str) -> Result<()> {
         return refuse("not a plain relative path");
     }
     Ok(())
+}
+
+/// Checks an image location: a [`validate_relative`] path whose first segment does not start
+/// with a dot, so no location names the store's own files ([`MARKER_FILE`], [`QUARANTINE_DIR`]).
+pub fn validate_location(location: &str) -> Result<()> {
+    validate_relative(location)?;
+    if location.starts_with('.') {
+        return Err(StoreError::InvalidPath {
+            path: location.to_string(),
+            reason: "a location may not start with '.' (the store's own names)",
+        });
+    }
+    Ok(())
+}
+
+/// Opens the regular file `rel` under `root` read-only. The kernel resolves `rel` beneath
+/// `root` and refuses any symlink on the way (`openat2` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS`), so a link planted in an image, or swapped in for one of its
+/// directories between a check and the open, cannot make the store read outside its root.
+/// `rel` is not validated here (staged files sit under `*.partial`): the kernel's resolution is
+/// the guard.
+pub(super) fn open_beneath(root: &Path, rel: &str) -> Result<File> {
+    let refuse = |reason| StoreError::InvalidPath {
+        path: rel.to_string(),
+        reason,
+    };
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(format!("open {}", root.display()))(e.into()))?;
+    // NONBLOCK: opening a FIFO planted in an image must not hang the agent; regular files
+    // ignore it.
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    // EAGAIN: a rename raced the lookup; the kernel asks for a retry.
+    let mut tries = 0;
+    let fd = loop {
+        match rustix::fs::openat2(&dir, rel, flags, Mode::empty(), resolve) {
+            Err(Errno::AGAIN) if tries < 8 => tries += 1,
+            Err(Errno::LOOP) => return Err(refuse("goes through a symlink")),
+            Err(Errno::XDEV) => return Err(refuse("resolves outside the store")),
+            Err(e) => {
+                return Err(io_err(format!("open {}", root.join(rel).display()))(
+                    e.into(),
+                ));
+            }
+            Ok(fd) => break fd,
+        }
+    };
+    let stat = rustix::fs::fstat(&fd)
+        .map_err(|e| io_err(format!("stat {}", root.join(rel).display()))(e.into()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(refuse("not a regular file"));
+    }
+    Ok(File::from(fd))
 }
 
 /// Joins `rel` (validated) onto `base`, refusing a symlink at any existing component below

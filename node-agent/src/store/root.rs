@@ -2,15 +2,16 @@
 //! reading, holding and deleting images; listing and GC are in `entries` and `gc`.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::digest::sha256_hex;
 use super::error::{Result, StoreError, io_err};
 use super::image::Image;
 use super::in_use;
-use super::manifest::Manifest;
-use super::paths::{MANIFEST_FILE, partial_name, safe_join};
+use super::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use super::marker;
+use super::paths::{MANIFEST_FILE, open_beneath, partial_name, safe_join, validate_location};
 use super::staging::Staging;
 
 /// The store: a root directory holding images by relative location.
@@ -20,13 +21,16 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating it if needed) the store at `root`.
+    /// Opens (creating it if needed) the store at `root`. A directory without the store
+    /// marker is claimed if it is empty or holds only ferry's images, and refused otherwise
+    /// ([`StoreError::ForeignDirectory`]; see `marker`).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(io_err(format!("create {}", root.display())))?;
         let root = root
             .canonicalize()
             .map_err(io_err(format!("resolve {}", root.display())))?;
+        marker::claim(&root)?;
         Ok(Store { root })
     }
 
@@ -37,7 +41,29 @@ impl Store {
 
     /// The directory of the image at `location` (published or not).
     pub fn image_dir(&self, location: &str) -> Result<PathBuf> {
+        validate_location(location)?;
         safe_join(&self.root, location)
+    }
+
+    /// Bytes free for the agent on the store's filesystem (`statvfs`'s `f_bavail`).
+    pub fn free_bytes(&self) -> Result<u64> {
+        let stat = rustix::fs::statvfs(&self.root)
+            .map_err(|e| io_err(format!("statvfs {}", self.root.display()))(e.into()))?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Fails with [`StoreError::NoSpace`] unless `need` bytes are free for `what`.
+    pub fn ensure_room(&self, need: u64, what: &str) -> Result<()> {
+        let free = self.free_bytes()?;
+        if need > free {
+            return Err(StoreError::NoSpace {
+                root: self.root.display().to_string(),
+                what: what.to_string(),
+                need,
+                free,
+            });
+        }
+        Ok(())
     }
 
     /// Whether a published image exists at `location`.
@@ -83,22 +109,28 @@ impl Store {
         }
         Ok(Staging {
             location: location.to_string(),
+            root: self.root.clone(),
             target: dir,
             partial,
         })
     }
 
-    /// Opens the published image at `location` and parses its manifest.
+    /// Opens the published image at `location` and parses its manifest (read beneath the
+    /// root with symlinks refused, and at most [`MAX_MANIFEST_BYTES`] + 1 of it).
     pub fn open_image(&self, location: &str) -> Result<Image> {
         let dir = self.image_dir(location)?;
         let manifest_path = dir.join(MANIFEST_FILE);
-        let bytes = match fs::read(&manifest_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let file = match open_beneath(&self.root, &format!("{location}/{MANIFEST_FILE}")) {
+            Ok(file) => file,
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound(location.to_string()));
             }
-            Err(e) => return Err(io_err(format!("read {}", manifest_path.display()))(e)),
+            Err(e) => return Err(e),
         };
+        let mut bytes = Vec::new();
+        file.take(MAX_MANIFEST_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err(format!("read {}", manifest_path.display())))?;
         let manifest = Manifest::from_bytes(location, &bytes)?;
         Ok(Image {
             location: location.to_string(),
@@ -106,6 +138,7 @@ impl Store {
             dir,
             manifest,
             manifest_bytes: bytes,
+            root: self.root.clone(),
         })
     }
 

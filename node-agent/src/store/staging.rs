@@ -10,16 +10,18 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 
-use super::digest::{hash_file, sha256_hex};
+use super::digest::{hash_reader, sha256_hex};
 use super::error::{Result, StoreError, io_err};
 use super::image::Image;
 use super::manifest::{FileEntry, ImageMeta, MANIFEST_VERSION, Manifest};
-use super::paths::{MANIFEST_FILE, list_files, safe_join};
+use super::paths::{MANIFEST_FILE, PARTIAL_SUFFIX, list_files, open_beneath, safe_join};
 
 /// An image being written: files go into [`Staging::dir`], then [`Staging::publish`].
 #[derive(Debug)]
 pub struct Staging {
     pub(super) location: String,
+    /// The store's root (staged files are opened beneath it).
+    pub(super) root: PathBuf,
     /// Where the image goes when published.
     pub(super) target: PathBuf,
     pub(super) partial: PathBuf,
@@ -42,6 +44,14 @@ impl Staging {
         &self.location
     }
 
+    /// Opens a staged file beneath the store's root, symlinks refused (`paths::open_beneath`).
+    fn open_staged(&self, rel: &str) -> Result<File> {
+        open_beneath(
+            &self.root,
+            &format!("{}{PARTIAL_SUFFIX}/{rel}", self.location),
+        )
+    }
+
     /// A file's path inside the staging directory; `rel` is validated (it may come from a
     /// remote manifest). Parent directories are created.
     pub fn file_path(&self, rel: &str) -> Result<PathBuf> {
@@ -57,8 +67,8 @@ impl Staging {
         let mut files = Vec::new();
         for rel in list_files(&self.partial)? {
             let path = self.partial.join(&rel);
-            let (size, sha256) =
-                hash_file(&path).map_err(io_err(format!("hash {}", path.display())))?;
+            let (size, sha256) = hash_reader(self.open_staged(&rel)?)
+                .map_err(io_err(format!("hash {}", path.display())))?;
             files.push(FileEntry {
                 path: rel,
                 size,
@@ -107,7 +117,7 @@ impl Staging {
         let mut dirs = HashSet::new();
         for entry in &manifest.files {
             let path = self.partial.join(&entry.path);
-            let file = File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
+            let file = self.open_staged(&entry.path)?;
             let size = file
                 .metadata()
                 .map_err(io_err(format!("stat {}", path.display())))?
@@ -154,6 +164,7 @@ impl Staging {
         }
         Ok(Image {
             location: self.location,
+            root: self.root,
             dir: self.target,
             digest: sha256_hex(&bytes),
             manifest: manifest.clone(),

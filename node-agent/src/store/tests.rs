@@ -57,6 +57,7 @@ fn publish_writes_a_manifest_and_never_overwrites() {
     // A second staging of the same location racing past the check still cannot replace it.
     let staging = Staging {
         location: "ns/req".into(),
+        root: tmp.path().canonicalize().unwrap(),
         target: tmp.path().canonicalize().unwrap().join("ns/req"),
         partial: tmp.path().canonicalize().unwrap().join("ns/req.partial"),
     };
