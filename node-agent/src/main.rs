@@ -171,8 +171,10 @@ struct Args {
     /// Delete images older than this many hours (0: never).
     #[arg(long, default_value_t = 72, env = "FERRY_GC_TTL_HOURS")]
     gc_ttl_hours: u64,
-    /// Keep the store under this many GiB, oldest images first (0: no quota).
-    #[arg(long, default_value_t = 0, env = "FERRY_GC_QUOTA_GIB")]
+    /// Keep the store under this many GiB, oldest images first (0: no quota). On by default
+    /// (200 GiB: a few dumps of a large GPU pod) so retained images cannot grow without bound;
+    /// each checkpoint also checks free space before it freezes anything.
+    #[arg(long, default_value_t = 200, env = "FERRY_GC_QUOTA_GIB")]
     gc_quota_gib: u64,
     /// Seconds between GC runs.
     #[arg(long, default_value_t = 300)]
