@@ -109,6 +109,16 @@ pub mod annotation {
     /// On a transfer token Secret: the hostPath of the store holding the image (absent: the
     /// source agent's main store).
     pub const IMAGE_STORE: &str = "ferry.dev/image-store";
+    /// On a transfer grant Secret: the namespace of the request it was minted for.
+    pub const GRANT_NAMESPACE: &str = "ferry.dev/request-namespace";
+    /// On a transfer grant Secret: the name of the request it was minted for.
+    pub const GRANT_REQUEST: &str = "ferry.dev/request-name";
+    /// On a transfer grant Secret: the `metadata.uid` of the request it was minted for (the
+    /// source serves only an image whose manifest records that UID).
+    pub const GRANT_REQUEST_UID: &str = "ferry.dev/request-uid";
+    /// On a transfer grant Secret: SHA-256 (hex) of the pulling (target) agent's certificate,
+    /// from its Lease: the only client certificate the source serves the grant to.
+    pub const GRANT_CLIENT_CERT_SHA256: &str = "ferry.dev/client-cert-sha256";
 }
 
 /// The contract between the operator and the node agents (operator/README.md, "Agent
@@ -128,9 +138,12 @@ pub mod agent {
         format!("{LEASE_PREFIX}{node}")
     }
 
-    /// Name of a request's transfer token Secret.
-    pub fn token_secret_name(request: &str) -> String {
-        format!("{request}-transfer-token")
+    /// Name of the transfer grant Secret of request `namespace`/`request`, in the agents'
+    /// namespace (where tenants cannot write). A namespace has no dots, so the name tells
+    /// every namespace/request pair apart; request names are at most 63 characters (a CEL
+    /// rule), so it stays within the 253 a Secret name may have.
+    pub fn grant_secret_name(namespace: &str, request: &str) -> String {
+        format!("ferry-transfer-{namespace}.{request}")
     }
 }
 

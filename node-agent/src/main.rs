@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 use ferry_agent::cluster::grants::{CachedGrants, SecretGrants};
 use ferry_agent::cluster::lease::{self, LeaseConfig};
+use ferry_agent::executor::pull::{self, PullIdentity};
 use ferry_agent::executor::{RuntimeMode, Worker, WorkerConfig};
 use ferry_agent::intake::{self, IntakeConfig};
 use ferry_agent::runtime::containerd::Ctr;
@@ -18,7 +19,7 @@ use ferry_agent::runtime::criu::Criu;
 use ferry_agent::runtime::kubelet::KubeletApi;
 use ferry_agent::store::{GcFollowUp, GcLoop, GcPolicy, GcReport, Store, Stores};
 use ferry_agent::telemetry::metrics::Metrics;
-use ferry_agent::transfer::{NodeIdentity, ServerTransport, TransferServer};
+use ferry_agent::transfer::{NodeIdentity, ServerLimits, ServerTransport, TransferServer};
 use ferry_api::names::agent;
 use ferry_service::{Endpoints, LogFormat, init_tracing, shutdown_signal};
 use tokio::sync::watch;
@@ -179,6 +180,16 @@ struct Args {
     /// Seconds between GC runs.
     #[arg(long, default_value_t = 300)]
     gc_every_seconds: u64,
+    /// Transfer connections served at once; more are closed on accept.
+    #[arg(long, default_value_t = 256, env = "FERRY_TRANSFER_MAX_CONNECTIONS")]
+    transfer_max_connections: usize,
+    /// Seconds a transfer connection may move no data before it is closed (a stalled reader).
+    #[arg(
+        long,
+        default_value_t = 30,
+        env = "FERRY_TRANSFER_IDLE_TIMEOUT_SECONDS"
+    )]
+    transfer_idle_timeout_seconds: u64,
 }
 
 #[tokio::main]
@@ -189,8 +200,19 @@ async fn main() -> Result<()> {
         .with_context(|| format!("opening the image store {}", args.store.display()))?;
     let stores = Stores::new(store.clone(), args.allowed_host_paths.clone())
         .context("opening the --allow-host-path stores")?;
-    let identity = NodeIdentity::load_or_create(&args.state_dir)
-        .context("loading or creating the transfer TLS identity")?;
+    let identity = Arc::new(
+        NodeIdentity::load_or_create(&args.state_dir)
+            .context("loading or creating the transfer TLS identity")?,
+    );
+    // Pulls read grants from the agents' namespace and present this node's certificate.
+    if pull::configure(PullIdentity {
+        namespace: args.namespace.clone(),
+        identity: identity.clone(),
+    })
+    .is_err()
+    {
+        anyhow::bail!("the transfer identity was configured twice");
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
@@ -198,18 +220,24 @@ async fn main() -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    // The transfer server: TLS with this node's pinned certificate, grants from Secrets.
+    // The transfer server: mutual TLS with this node's pinned certificate, grants from the
+    // Secrets of the agents' namespace only.
     let listener = tokio::net::TcpListener::bind(args.transfer_addr)
         .await
         .with_context(|| format!("binding the transfer server to {}", args.transfer_addr))?;
-    let transfer = TransferServer::spawn(
+    let transfer = TransferServer::spawn_with_limits(
         listener,
         stores.clone(),
         Arc::new(CachedGrants::new(
-            SecretGrants::new(client.clone()),
+            SecretGrants::new(client.clone(), args.namespace.clone()),
             Duration::from_secs(5),
         )),
         ServerTransport::Tls(identity.server_config()?),
+        ServerLimits {
+            max_connections: args.transfer_max_connections.max(1),
+            idle_timeout: Duration::from_secs(args.transfer_idle_timeout_seconds.max(1)),
+            ..ServerLimits::default()
+        },
     )?;
     let advertise = lease::advertise_url(
         args.advertise_url.as_deref(),

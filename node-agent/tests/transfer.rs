@@ -1,234 +1,20 @@
-//! Image transfer between two agents on loopback: real sockets, real TLS, real stores.
+//! Image transfer between two agents on loopback: real sockets, real mutual TLS, real stores.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod transfer_common;
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use ferry_agent::store::{Image, ImageKind, ImageMeta, ImageSource, Store, StoreError, Stores};
-use ferry_agent::transfer::{
-    Grant, NodeIdentity, PullReport, PullSpec, ServerTransport, StaticGrants, Token, TransferError,
-    TransferServer, pinned_client_config, pull,
-};
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use ferry_agent::store::{Store, StoreError, Stores};
+use ferry_agent::transfer::{NodeIdentity, PullSpec, Token, TransferError, pull};
 use jiff::{SignedDuration, Timestamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-const MIB: u64 = 1 << 20;
-const NS: &str = "team-a";
-const REQUEST: &str = "migrate-1";
-const SOURCE_LOCATION: &str = "team-a/migrate-1";
-const TARGET_LOCATION: &str = "team-a/migrate-1-in";
-
-/// A directory for stores: /dev/shm when it has room for `bytes` with margin (fast, and the
-/// tests measure the transfer rather than the disk), else the system temp dir.
-fn scratch(bytes: u64) -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    let free = |p: &Path| {
-        rustix::fs::statvfs(p)
-            .map(|s| s.f_bavail * s.f_frsize)
-            .unwrap_or(0)
-    };
-    let dir = if shm.is_dir() && free(shm) > bytes + 4096 * MIB {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    assert!(
-        free(&dir) > bytes + 512 * MIB,
-        "{} has too little space for a {bytes}-byte test",
-        dir.display()
-    );
-    tempfile::tempdir_in(dir).unwrap()
-}
-
-/// Writes `size` pseudo-random bytes: one xorshift MiB per file, each copy stamped with its
-/// index, so no two MiB are alike and the (debug-built) test spends its time transferring.
-fn write_data(path: &Path, size: u64, seed: u64) {
-    let mut file = fs::File::create(path).unwrap();
-    let mut state = seed | 1;
-    let mut block = vec![0u8; MIB as usize];
-    for word in block.chunks_exact_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        word.copy_from_slice(&state.to_le_bytes());
-    }
-    let mut left = size;
-    let mut index = 0u64;
-    while left > 0 {
-        block[..8].copy_from_slice(&index.to_le_bytes());
-        let n = left.min(MIB) as usize;
-        file.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-        index += 1;
-    }
-}
-
-/// Scratch space for `bytes` with a source and a target store in it.
-fn stores(bytes: u64) -> (tempfile::TempDir, Store, Store) {
-    let tmp = scratch(bytes);
-    let source = Store::open(tmp.path().join("source")).unwrap();
-    let target = Store::open(tmp.path().join("target")).unwrap();
-    (tmp, source, target)
-}
-
-fn publish(store: &Store, location: &str, files: &[(&str, u64)]) -> Image {
-    let staging = store.stage(location).unwrap();
-    for (i, (name, size)) in files.iter().enumerate() {
-        write_data(
-            &staging.file_path(name).unwrap(),
-            *size,
-            0x9e37_79b9 + i as u64,
-        );
-    }
-    let meta = ImageMeta::new(
-        ImageKind::Criu,
-        ImageSource {
-            node: "node-a".into(),
-            namespace: NS.into(),
-            pod: "trainer-0".into(),
-            containers: vec!["main".into()],
-        },
-    );
-    let manifest = staging.build_manifest(meta).unwrap();
-    staging.publish(&manifest).unwrap()
-}
-
-struct Source {
-    server: TransferServer,
-    fingerprint: String,
-    token: Token,
-    grants: StaticGrants,
-}
-
-impl Source {
-    async fn start(store: impl Into<Stores>) -> Source {
-        let identity = NodeIdentity::generate().unwrap();
-        let grants = StaticGrants::new();
-        let token = Token::generate().unwrap();
-        grants.insert(
-            NS,
-            REQUEST,
-            Grant {
-                token: token.clone(),
-                expires_at: Timestamp::now() + SignedDuration::from_mins(10),
-                location: SOURCE_LOCATION.into(),
-                store: None,
-            },
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = TransferServer::spawn(
-            listener,
-            store,
-            Arc::new(grants.clone()),
-            ServerTransport::Tls(identity.server_config().unwrap()),
-        )
-        .unwrap();
-        Source {
-            server,
-            fingerprint: identity.fingerprint().to_string(),
-            token,
-            grants,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("https://{}", self.server.local_addr())
-    }
-
-    fn spec(&self) -> PullSpec {
-        PullSpec {
-            endpoint: self.endpoint(),
-            cert_sha256: self.fingerprint.clone(),
-            token: self.token.clone(),
-            namespace: NS.into(),
-            request: REQUEST.into(),
-            location: TARGET_LOCATION.into(),
-            expected_digest: None,
-        }
-    }
-}
-
-/// The source image is exactly as published: every file re-hashed against its manifest.
-fn assert_intact(source: &Store) {
-    source
-        .open_image(SOURCE_LOCATION)
-        .unwrap()
-        .verify()
-        .unwrap();
-}
-
-async fn pull_ok(spec: &PullSpec, store: &Store) -> PullReport {
-    pull(spec, store, |_, _| {}).await.unwrap()
-}
-
-/// A TCP proxy in front of the source that cuts each of its first `cuts.len()` connections
-/// after forwarding `cuts[i]` bytes from the source to the client.
-async fn cutting_proxy(
-    upstream: std::net::SocketAddr,
-    cuts: Vec<u64>,
-) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cut_count = Arc::new(AtomicUsize::new(0));
-    let counted = cut_count.clone();
-    tokio::spawn(async move {
-        let mut index = 0usize;
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let limit = cuts.get(index).copied();
-            index += 1;
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let server = TcpStream::connect(upstream).await.unwrap();
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let up = async {
-                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-                };
-                let down = async {
-                    let mut buf = vec![0u8; 256 * 1024];
-                    let mut forwarded = 0u64;
-                    loop {
-                        let want = match limit {
-                            Some(limit) if forwarded >= limit => {
-                                counted.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Some(limit) => buf.len().min((limit - forwarded) as usize),
-                            None => buf.len(),
-                        };
-                        let n = match server_read.read(&mut buf[..want]).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if client_write.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                        forwarded += n as u64;
-                    }
-                };
-                // Whichever direction ends first ends the connection: both halves drop.
-                tokio::select! {
-                    _ = up => {}
-                    _ = down => {}
-                }
-            });
-        }
-    });
-    (format!("https://{addr}"), cut_count)
-}
+use transfer_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gib_image_pulls_verified_and_resumes_after_cut_connections() {
@@ -249,10 +35,15 @@ async fn two_gib_image_pulls_verified_and_resumes_after_cut_connections() {
     // Straight pull, with progress reported up to the total.
     let last_progress = Arc::new(AtomicU64::new(0));
     let seen = last_progress.clone();
-    let report = pull(&source.spec(), &target_store, move |done, total| {
-        assert!(done <= total);
-        seen.store(done, Ordering::Relaxed);
-    })
+    let report = pull(
+        &source.spec(),
+        &source.target,
+        &target_store,
+        move |done, total| {
+            assert!(done <= total);
+            seen.store(done, Ordering::Relaxed);
+        },
+    )
     .await
     .unwrap();
     assert_eq!(report.digest, image.digest);
@@ -274,7 +65,7 @@ async fn two_gib_image_pulls_verified_and_resumes_after_cut_connections() {
         report.bytes_per_second / 1e6
     );
     // Pulling it again is a no-op.
-    let again = pull_ok(&source.spec(), &target_store).await;
+    let again = pull_ok(&source, &source.spec(), &target_store).await;
     assert!(again.already_present);
     assert_eq!(again.bytes_transferred, 0);
     assert!(target_store.delete(TARGET_LOCATION).unwrap());
@@ -287,7 +78,7 @@ async fn two_gib_image_pulls_verified_and_resumes_after_cut_connections() {
         endpoint,
         ..source.spec()
     };
-    let report = pull_ok(&spec, &target_store).await;
+    let report = pull_ok(&source, &spec, &target_store).await;
     assert_eq!(
         cut.load(Ordering::SeqCst),
         2,
@@ -313,7 +104,9 @@ async fn wrong_token_is_refused_and_nothing_is_published() {
         token: Token::generate().unwrap(),
         ..source.spec()
     };
-    let err = pull(&spec, &target_store, |_, _| {}).await.unwrap_err();
+    let err = pull(&spec, &source.target, &target_store, |_, _| {})
+        .await
+        .unwrap_err();
     assert!(matches!(err, TransferError::Unauthorized(_)), "{err}");
     assert!(err.to_string().contains("invalid bearer token"), "{err}");
     assert_eq!(err.reason(), "TransferUnauthorized");
@@ -336,7 +129,9 @@ async fn wrong_token_is_refused_and_nothing_is_published() {
         request: "other".into(),
         ..source.spec()
     };
-    let err = pull(&spec, &target_store, |_, _| {}).await.unwrap_err();
+    let err = pull(&spec, &source.target, &target_store, |_, _| {})
+        .await
+        .unwrap_err();
     assert!(matches!(err, TransferError::Unauthorized(_)), "{err}");
     assert_intact(&source_store);
 }
@@ -350,15 +145,15 @@ async fn an_image_is_served_from_the_store_its_grant_names_and_only_an_agent_sto
     let extra = Store::open(tmp.path().join("extra")).unwrap();
     let target_store = Store::open(tmp.path().join("target")).unwrap();
     publish(&extra, SOURCE_LOCATION, &[("f", MIB)]);
-    let source = Source::start(Stores::new(main, vec![extra.root().to_path_buf()]).unwrap()).await;
-    let grant = |store: Option<String>| Grant {
-        token: source.token.clone(),
-        expires_at: Timestamp::now() + SignedDuration::from_mins(10),
-        location: SOURCE_LOCATION.into(),
+    let mut source =
+        Source::start(Stores::new(main, vec![extra.root().to_path_buf()]).unwrap()).await;
+    source.digest = extra.open_image(SOURCE_LOCATION).unwrap().digest;
+    let grant = |store: Option<String>| ferry_agent::transfer::Grant {
         store,
+        ..grant_for(&source.token, &source.target)
     };
     // The main store does not hold it.
-    let err = pull(&source.spec(), &target_store, |_, _| {})
+    let err = pull(&source.spec(), &source.target, &target_store, |_, _| {})
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no published image"), "{err}");
@@ -366,7 +161,7 @@ async fn an_image_is_served_from_the_store_its_grant_names_and_only_an_agent_sto
     source
         .grants
         .insert(NS, REQUEST, grant(Some("/etc".into())));
-    let err = pull(&source.spec(), &target_store, |_, _| {})
+    let err = pull(&source.spec(), &source.target, &target_store, |_, _| {})
         .await
         .unwrap_err();
     assert!(
@@ -379,7 +174,7 @@ async fn an_image_is_served_from_the_store_its_grant_names_and_only_an_agent_sto
     source
         .grants
         .insert(NS, REQUEST, grant(Some(extra.root().display().to_string())));
-    let report = pull_ok(&source.spec(), &target_store).await;
+    let report = pull_ok(&source, &source.spec(), &target_store).await;
     assert_eq!(report.bytes_transferred, MIB, "{report:?}");
     target_store
         .open_image(TARGET_LOCATION)
@@ -397,14 +192,12 @@ async fn expired_token_is_refused() {
     source.grants.insert(
         NS,
         REQUEST,
-        Grant {
-            token: source.token.clone(),
+        ferry_agent::transfer::Grant {
             expires_at: Timestamp::now() - SignedDuration::from_secs(1),
-            location: SOURCE_LOCATION.into(),
-            store: None,
+            ..grant_for(&source.token, &source.target)
         },
     );
-    let err = pull(&source.spec(), &target_store, |_, _| {})
+    let err = pull(&source.spec(), &source.target, &target_store, |_, _| {})
         .await
         .unwrap_err();
     assert!(matches!(err, TransferError::Expired(_)), "{err}");
@@ -431,7 +224,7 @@ async fn flipped_byte_is_refused_by_the_digest() {
     fs::write(&victim, &bytes).unwrap();
 
     let source = Source::start(source_store.clone()).await;
-    let err = pull(&source.spec(), &target_store, |_, _| {})
+    let err = pull(&source.spec(), &source.target, &target_store, |_, _| {})
         .await
         .unwrap_err();
     match &err {
@@ -520,7 +313,7 @@ async fn full_disk_fails_clearly_keeps_the_partial_and_resumes() {
     // Too big to ever fit: refused before a byte is written.
     publish(&source_store, SOURCE_LOCATION, &[("big.img", 100 * MIB)]);
     let source = Source::start(source_store.clone()).await;
-    let err = pull(&source.spec(), &target_store, |_, _| {})
+    let err = pull(&source.spec(), &source.target, &target_store, |_, _| {})
         .await
         .unwrap_err();
     assert!(matches!(err, TransferError::NoSpace { .. }), "{err}");
@@ -561,19 +354,24 @@ async fn full_disk_fails_clearly_keeps_the_partial_and_resumes() {
         "{}.partial/a.img",
         target_store.image_dir(TARGET_LOCATION).unwrap().display()
     ));
-    let err = pull(&source.spec(), &target_store, move |done, _| {
-        let mut filled = fill_at.lock().unwrap();
-        if filled.is_none() && done >= 4 * MIB {
-            // Wait for the writer to have some of a.img on disk, then take all the space.
-            for _ in 0..500 {
-                if fs::metadata(&receiving).map(|m| m.len()).unwrap_or(0) >= 2 * MIB {
-                    break;
+    let err = pull(
+        &source.spec(),
+        &source.target,
+        &target_store,
+        move |done, _| {
+            let mut filled = fill_at.lock().unwrap();
+            if filled.is_none() && done >= 4 * MIB {
+                // Wait for the writer to have some of a.img on disk, then take all the space.
+                for _ in 0..500 {
+                    if fs::metadata(&receiving).map(|m| m.len()).unwrap_or(0) >= 2 * MIB {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                *filled = Some(fill(&fill_dir));
             }
-            *filled = Some(fill(&fill_dir));
-        }
-    })
+        },
+    )
     .await
     .unwrap_err();
     match &err {
@@ -594,7 +392,7 @@ async fn full_disk_fails_clearly_keeps_the_partial_and_resumes() {
 
     // Space is back: the next pull resumes from what is on disk and verifies.
     fs::remove_file(filler.lock().unwrap().take().unwrap()).unwrap();
-    let report = pull_ok(&source.spec(), &target_store).await;
+    let report = pull_ok(&source, &source.spec(), &target_store).await;
     assert!(report.bytes_resumed >= kept, "{report:?}");
     assert_eq!(
         report.bytes_transferred + report.bytes_resumed,
@@ -619,7 +417,9 @@ async fn a_certificate_other_than_the_pinned_one_is_refused() {
         cert_sha256: NodeIdentity::generate().unwrap().fingerprint().to_string(),
         ..source.spec()
     };
-    let err = pull(&spec, &target_store, |_, _| {}).await.unwrap_err();
+    let err = pull(&spec, &source.target, &target_store, |_, _| {})
+        .await
+        .unwrap_err();
     match &err {
         TransferError::Tls { detail, .. } => {
             assert!(detail.contains("not the pinned"), "{detail}")
@@ -634,46 +434,6 @@ async fn a_certificate_other_than_the_pinned_one_is_refused() {
         "no request got through"
     );
     assert!(!target_store.exists(TARGET_LOCATION).unwrap());
-}
-
-/// One raw GET over pinned TLS, the path sent exactly as given.
-async fn raw_get(
-    source: &Source,
-    path: &str,
-    token: Option<&str>,
-    range: Option<&str>,
-) -> (u16, String, Bytes) {
-    let tcp = TcpStream::connect(source.server.local_addr())
-        .await
-        .unwrap();
-    let config = pinned_client_config(&source.fingerprint).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut request = Request::get(path).header("host", "source");
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    if let Some(range) = range {
-        request = request.header("range", range);
-    }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let code = response
-        .headers()
-        .get("x-ferry-error")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, code, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -777,42 +537,13 @@ async fn stale_partials_are_checked_not_trusted() {
     fs::write(staging.file_path("d.img").unwrap(), source_bytes("d.img")).unwrap();
 
     let source = Source::start(source_store.clone()).await;
-    let report = pull_ok(&source.spec(), &target_store).await;
+    let report = pull_ok(&source, &source.spec(), &target_store).await;
     // a.img resumed from its prefix, d.img kept, b.img and c.img fetched again.
     assert_eq!(report.bytes_resumed, MIB + 3 + 2 * MIB, "{report:?}");
     assert_eq!(report.bytes_transferred, 8 * MIB - report.bytes_resumed);
     let pulled = target_store.open_image(TARGET_LOCATION).unwrap();
     pulled.verify().unwrap();
     assert_eq!(pulled.digest, image.digest);
-}
-
-/// Every log line of this test binary (all levels) goes here.
-fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
-    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
-        let sink = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(sink.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-        logs
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -827,13 +558,14 @@ async fn tokens_never_reach_the_logs() {
             token: wrong.clone(),
             ..source.spec()
         },
+        &source.target,
         &target_store,
         |_, _| {},
     )
     .await
     .unwrap_err();
     assert!(matches!(err, TransferError::Unauthorized(_)));
-    pull_ok(&source.spec(), &target_store).await;
+    pull_ok(&source, &source.spec(), &target_store).await;
     let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     assert!(text.contains("transfer refused: bad token"), "{text}");
     assert!(text.contains("image pulled and verified"), "{text}");

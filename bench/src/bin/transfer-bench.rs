@@ -55,6 +55,9 @@ impl Drop for Scratch {
     }
 }
 
+/// The request UID the benchmark image is made for and granted to.
+const BENCH_UID: &str = "bench-uid";
+
 fn free_bytes(path: &Path) -> u64 {
     rustix::fs::statvfs(path)
         .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
@@ -195,36 +198,39 @@ async fn main() -> Result<()> {
             0x5eed + i,
         )?;
     }
-    let manifest =
-        staging.build_manifest(ImageMeta::new(ImageKind::Criu, ImageSource::default()))?;
+    let mut meta = ImageMeta::new(ImageKind::Criu, ImageSource::default());
+    // The source serves an image only to a grant for the request it was made for.
+    meta.request_uid = Some(BENCH_UID.into());
+    let manifest = staging.build_manifest(meta)?;
     let image = staging.publish(&manifest)?;
 
-    let grants = StaticGrants::new();
     let token = Token::generate().map_err(|e| anyhow::anyhow!("generate token: {e}"))?;
-    grants.insert(
-        "bench",
-        "image",
-        Grant {
-            token: token.clone(),
-            expires_at: Timestamp::now() + SignedDuration::from_hours(1),
-            location: "bench/image".into(),
-            store: None,
-        },
-    );
     let identity = NodeIdentity::generate()?;
+    // The pulling agent's certificate: the TLS server serves the grant to it only (mutual
+    // TLS); the plain baseline has no certificates, so its grant pins none.
+    let client = NodeIdentity::generate()?;
+    let expires_at = Timestamp::now() + SignedDuration::from_hours(1);
+    let (tls_grants, plain_grants) = (StaticGrants::new(), StaticGrants::new());
+    for (grants, pin) in [
+        (&tls_grants, Some(client.fingerprint())),
+        (&plain_grants, None),
+    ] {
+        let grant = Grant::new(token.clone(), expires_at, "bench", "image", BENCH_UID, pin);
+        grants.insert("bench", "image", grant);
+    }
     let tls_server = TransferServer::spawn(
         TcpListener::bind("127.0.0.1:0").await?,
         source_store.clone(),
-        Arc::new(grants.clone()),
+        Arc::new(tls_grants),
         ServerTransport::Tls(identity.server_config()?),
     )?;
     let plain_server = TransferServer::spawn(
         TcpListener::bind("127.0.0.1:0").await?,
         source_store.clone(),
-        Arc::new(grants),
+        Arc::new(plain_grants),
         ServerTransport::Plain,
     )?;
-    let tls_client = ClientTransport::Tls(pinned_client_config(identity.fingerprint())?);
+    let tls_client = ClientTransport::Tls(pinned_client_config(identity.fingerprint(), &client)?);
 
     let mut tls_seconds = Vec::new();
     let mut plain_seconds = Vec::new();
@@ -242,7 +248,7 @@ async fn main() -> Result<()> {
                 namespace: "bench".into(),
                 request: "image".into(),
                 location: location.clone(),
-                expected_digest: Some(image.digest.clone()),
+                expected_digest: image.digest.clone(),
             };
             let cpu_before = cpu_seconds();
             let report = pull_with_transport(&spec, &target_store, transport, |_, _| {}).await?;

@@ -1,6 +1,11 @@
 //! The transfer step of a Restore task: the image pulled from the source agent unless the
-//! store already holds it (with the digest the task names).
+//! store already holds it (with the digest the task names). A task without a well-formed
+//! digest pulls nothing and uses nothing local (fail closed: the digest is the pin).
+//!
+//! The grant Secret is read from the agents' namespace, and the pull presents this node's
+//! certificate: both are set once at start-up ([`configure`]).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use ferry_api::{NodeTask, TransferSource, TransferStats};
@@ -14,7 +19,50 @@ use crate::executor::error::TaskError;
 use crate::executor::result::Pulled;
 use crate::executor::task::Attempt;
 use crate::store::Store;
-use crate::transfer::{self, PullReport, PullSpec};
+use crate::transfer::{self, NodeIdentity, PullReport, PullSpec, TransferError};
+
+/// What a pull needs from the agent's start-up.
+#[derive(Debug)]
+pub struct PullIdentity {
+    /// The agents' namespace, where the operator writes grant Secrets.
+    pub namespace: String,
+    /// This node's certificate and key (the one its Lease publishes), presented to sources.
+    pub identity: Arc<NodeIdentity>,
+}
+
+/// Set once by the agent's `main`: a process has one node identity and one namespace, and
+/// this keeps them out of the executor's settings, which every runtime test builds.
+static PULL_IDENTITY: OnceLock<PullIdentity> = OnceLock::new();
+
+/// Sets what pulls use; `Err` (with it back) if it was set already.
+pub fn configure(identity: PullIdentity) -> Result<(), PullIdentity> {
+    PULL_IDENTITY.set(identity)
+}
+
+/// An invalid-task error for `source`'s pull.
+fn refused(source: &TransferSource, why: impl Into<String>) -> TaskError {
+    TaskError::Pull {
+        endpoint: source.endpoint.clone(),
+        source: TransferError::Invalid(why.into()),
+    }
+}
+
+/// The task's image digest if it is a hex SHA-256; anything else fails the task.
+fn pinned_digest(source: &TransferSource) -> Result<String, TaskError> {
+    match source.image_sha256.as_deref() {
+        Some(d) if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(d.to_ascii_lowercase())
+        }
+        Some(d) => Err(refused(
+            source,
+            format!("the task's image digest {d:?} is not a hex SHA-256; refusing to pull"),
+        )),
+        None => Err(refused(
+            source,
+            "the task names no image digest; refusing to pull or use an image nothing pins",
+        )),
+    }
+}
 
 /// Pulls the task's image when the task names a source and the store does not hold it yet.
 /// `None`: nothing was pulled (the image is local and must be verified before use).
@@ -27,14 +75,12 @@ pub async fn if_needed(
     let Some(source) = task.spec.source.as_ref() else {
         return Ok(None);
     };
+    let digest = pinned_digest(source)?;
     let present = store.open_image(&task.spec.image.location).ok();
-    let matches = present
-        .as_ref()
-        .is_some_and(|i| source.image_sha256.as_deref().is_none_or(|d| d == i.digest));
-    if matches {
+    if present.is_some_and(|i| i.digest.eq_ignore_ascii_case(&digest)) {
         return Ok(None);
     }
-    let report = pull(ctx, task, store, source, attempt).await?;
+    let report = pull(ctx, task, store, source, digest, attempt).await?;
     Ok(Some(Pulled {
         transfer_ms: Some((report.seconds * 1000.0) as i64),
         stats: Some(TransferStats {
@@ -44,21 +90,29 @@ pub async fn if_needed(
     }))
 }
 
-/// Pulls the task's image from `source` over the pinned connection, with the token from the
-/// task's Secret, reporting progress as it goes.
+/// Pulls the task's image with digest `digest` from `source` over mutual TLS (the source's
+/// certificate pinned, this node's presented), with the token from the grant Secret in the
+/// agents' namespace, reporting progress as it goes.
 async fn pull(
     ctx: &Context,
     task: &NodeTask,
     store: &Store,
     source: &TransferSource,
+    digest: String,
     attempt: &Attempt,
 ) -> Result<PullReport, TaskError> {
     let cert = source
         .cert_sha256
         .clone()
         .ok_or(TaskError::UnpinnedSource)?;
+    let Some(me) = PULL_IDENTITY.get() else {
+        return Err(refused(
+            source,
+            "this agent was started without a transfer identity",
+        ));
+    };
     let namespace = task.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &me.namespace);
     let secret = secrets
         .get_opt(&source.token_secret_ref.name)
         .await
@@ -79,14 +133,14 @@ async fn pull(
         namespace,
         request: task.spec.checkpoint_request.clone(),
         location: task.spec.image.location.clone(),
-        expected_digest: source.image_sha256.clone(),
+        expected_digest: digest,
     };
     attempt
         .progress
         .say(format!("pulling from {}", source.endpoint));
     let progress = attempt.progress.clone();
     let started = Instant::now();
-    let report = transfer::pull(&spec, store, move |done, total| {
+    let report = transfer::pull(&spec, &me.identity, store, move |done, total| {
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         progress.transfer(
             format!(

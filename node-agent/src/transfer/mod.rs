@@ -4,8 +4,8 @@
 //! so before anything can be restored from it).
 //!
 //! - `error`: [`TransferError`].
-//! - [`tls`]: each agent's self-signed serving certificate, pinned by fingerprint.
-//! - [`token`]: the per-transfer bearer token and where the source looks it up.
+//! - [`tls`]: each agent's self-signed certificate, pinned by fingerprint both ways (mutual TLS).
+//! - [`token`]: the per-transfer bearer token, its grant and where the source looks it up.
 //! - [`http_paths`]: the URL layout and header grammar both ends share.
 //! - [`server`]: the source side, serving images from a [`crate::store::Store`].
 //! - [`client`]: the target side, [`client::pull`].
@@ -28,6 +28,6 @@ pub mod token;
 
 pub use client::{ClientTransport, PullReport, PullSpec, pull, pull_with_transport};
 pub use error::{Result, TransferError};
-pub use server::{ServerTransport, TransferServer, TransferStats};
-pub use tls::{NodeIdentity, fingerprint_hex, pinned_client_config};
+pub use server::{ServerLimits, ServerTransport, TransferServer, TransferStats};
+pub use tls::{NodeIdentity, fingerprint_hex, peer_fingerprint, pinned_client_config};
 pub use token::{Grant, GrantLookupError, GrantSource, StaticGrants, Token};

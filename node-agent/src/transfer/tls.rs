@@ -1,14 +1,27 @@
-//! Transfer TLS: every agent serves with its own self-signed certificate, and a client accepts
-//! exactly the certificate whose SHA-256 fingerprint the operator handed it.
+//! Transfer TLS, mutual: every agent has its own self-signed certificate, which it serves with
+//! and presents as a client. A pulling agent accepts exactly the source certificate whose
+//! SHA-256 the operator put in its task; the source demands a client certificate in the
+//! handshake and serves a grant only to the one whose SHA-256 the operator put in the grant
+//! (the target agent's, from its Lease).
 //!
 //! Why pinning per-node certificates rather than a cluster CA in a Secret:
-//! - no CA private key on every node, so a compromised node cannot mint a certificate for
-//!   another node and impersonate it as a transfer source;
+//! - no CA private key on every node, so no node can mint a certificate that another node's
+//!   pin accepts;
 //! - no cert-manager (or other issuer) dependency, and nothing to distribute but a fingerprint
 //!   that travels through objects the operator already writes (the agent's Lease annotation
 //!   `ferry.dev/transfer-cert-sha256`, copied into the Restore NodeTask's
-//!   `spec.source.certSha256`);
+//!   `spec.source.certSha256` and the grant's `ferry.dev/client-cert-sha256`);
 //! - rotation is a restart: delete `<state>/tls/` and the agent publishes a new fingerprint.
+//!
+//! What a compromised node can and cannot do (docs/security.md): it holds only its own key,
+//! so it cannot complete a handshake as another agent. A fingerprint is only as good as the
+//! Lease it comes from: the agents' RBAC lets every agent patch every agent Lease, and what
+//! stops a node from putting its own fingerprint on another node's Lease (and so being
+//! pinned as that node, as a source or as a target) is the ValidatingAdmissionPolicy
+//! `ferry-agent-node-scope` (`manifests/policy/`), which lets an agent's node-bound token
+//! write only its own Lease. Without that policy installed, a compromised node can
+//! impersonate any other. It can still read every grant Secret of the agents' namespace
+//! (`get` by name), but a token is served only to the certificate pinned in its grant.
 //!
 //! Agents are reached by pod/node IP, so there is no hostname to check; the pin replaces the
 //! chain and name checks, while the handshake signatures are still verified, so a peer must
@@ -25,7 +38,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, ring};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -144,12 +160,18 @@ impl NodeIdentity {
         &self.cert
     }
 
-    /// The server's TLS configuration: TLS 1.3 only (both ends are ferry), ring.
+    /// The server's TLS configuration: TLS 1.3 only (both ends are ferry), ring, and a client
+    /// certificate required (any one whose handshake signature verifies: which one may read
+    /// what is decided per request, by the grant's pin, see [`peer_fingerprint`]).
     pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
-        let mut config = ServerConfig::builder_with_provider(provider())
+        let provider = provider();
+        let verifier = AnyClientCert {
+            algorithms: provider.signature_verification_algorithms,
+        };
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err("server TLS versions"))?
-            .with_no_client_auth()
+            .with_client_cert_verifier(Arc::new(verifier))
             .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(tls_err("server certificate"))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -170,8 +192,12 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 }
 
 /// A client configuration that accepts only the certificate with SHA-256 `pinned_sha256`
-/// (hex, as published by the source agent).
-pub fn pinned_client_config(pinned_sha256: &str) -> Result<Arc<ClientConfig>> {
+/// (hex, as published by the source agent) and presents `identity`'s certificate (the source
+/// serves a grant only to the certificate pinned in it).
+pub fn pinned_client_config(
+    pinned_sha256: &str,
+    identity: &NodeIdentity,
+) -> Result<Arc<ClientConfig>> {
     let pin = parse_fingerprint(pinned_sha256)?;
     let provider = provider();
     let verifier = PinnedCert {
@@ -183,9 +209,64 @@ pub fn pinned_client_config(pinned_sha256: &str) -> Result<Arc<ClientConfig>> {
         .map_err(tls_err("client TLS versions"))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())
+        .map_err(tls_err("client certificate"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Hex SHA-256 of the certificate a TLS peer presented (`None`: it presented none).
+pub fn peer_fingerprint(connection: &rustls::CommonState) -> Option<String> {
+    connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| fingerprint_hex(cert.as_ref()))
+}
+
+/// The source's client verifier: a certificate is required and its handshake signature must
+/// verify (the client holds its key), but any certificate passes the handshake: the source
+/// cannot know which grant a connection is for before its first request, so the grant's pin
+/// is checked per request against [`peer_fingerprint`].
+#[derive(Debug)]
+struct AnyClientCert {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 fn parse_fingerprint(hex_str: &str) -> Result<[u8; 32]> {
@@ -288,11 +369,12 @@ mod tests {
 
     #[test]
     fn fingerprints_parse_strictly() {
-        let fp = NodeIdentity::generate().unwrap().fingerprint().to_string();
-        pinned_client_config(&fp).unwrap();
-        pinned_client_config(&fp.to_uppercase()).unwrap();
+        let identity = NodeIdentity::generate().unwrap();
+        let fp = identity.fingerprint().to_string();
+        pinned_client_config(&fp, &identity).unwrap();
+        pinned_client_config(&fp.to_uppercase(), &identity).unwrap();
         for bad in ["", "abc", &fp[..63], &format!("{}zz", &fp[..62])] {
-            assert!(pinned_client_config(bad).is_err(), "{bad}");
+            assert!(pinned_client_config(bad, &identity).is_err(), "{bad}");
         }
     }
 }

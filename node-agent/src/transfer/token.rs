@@ -1,5 +1,6 @@
-//! The per-transfer bearer token: the operator mints one per request (a Secret
-//! `<request>-transfer-token`), the source checks it on every request, the target presents it.
+//! The per-transfer bearer token and the grant it belongs to: the operator mints one per
+//! request (a Secret `ferry-transfer-<namespace>.<request>` in the agents' namespace), the
+//! source checks it on every request, the target presents it.
 //!
 //! A token is never logged: [`Token`]'s `Debug` and `Display` print `<redacted>`, and the
 //! secret is only reachable through [`Token::expose_secret`].
@@ -59,7 +60,9 @@ impl fmt::Display for Token {
     }
 }
 
-/// What a request's token authorizes: reading the image at `location` until `expires_at`.
+/// What a request's token authorizes: the agent whose certificate has SHA-256
+/// `client_cert_sha256` may read the image at `location`, made for request
+/// `namespace`/`request` with UID `request_uid`, until `expires_at`.
 #[derive(Clone, Debug)]
 pub struct Grant {
     /// The token.
@@ -70,17 +73,75 @@ pub struct Grant {
     pub location: String,
     /// The hostPath of the store holding it (`None`: the agent's main store).
     pub store: Option<String>,
+    /// Namespace of the request it was minted for.
+    pub namespace: String,
+    /// Name of the request it was minted for.
+    pub request: String,
+    /// `metadata.uid` of that request: the image's manifest must record the same.
+    pub request_uid: String,
+    /// SHA-256 (hex) of the only client certificate it is served to (the target agent's).
+    /// `None` only for the benchmark's plain-TCP baseline, which has no certificates; over
+    /// TLS a grant without it serves no one.
+    pub client_cert_sha256: Option<String>,
 }
 
-/// A grant lookup that failed (the API server is unreachable, the Secret is malformed, …); the
-/// source answers 503 so the target retries later.
+impl Grant {
+    /// A grant of `token` until `expires_at` for request `namespace`/`request` (UID
+    /// `request_uid`) and its image at `<namespace>/<request>` in the main store, served to
+    /// the agent whose certificate has SHA-256 `client_cert_sha256`.
+    pub fn new(
+        token: Token,
+        expires_at: Timestamp,
+        namespace: &str,
+        request: &str,
+        request_uid: &str,
+        client_cert_sha256: Option<&str>,
+    ) -> Self {
+        Grant {
+            token,
+            expires_at,
+            location: format!("{namespace}/{request}"),
+            store: None,
+            namespace: namespace.to_string(),
+            request: request.to_string(),
+            request_uid: request_uid.to_string(),
+            client_cert_sha256: client_cert_sha256.map(str::to_string),
+        }
+    }
+
+    /// Whether it was minted for the image of `namespace`/`request` (its binding and its
+    /// location both say so).
+    pub fn binds(&self, namespace: &str, request: &str) -> bool {
+        self.namespace == namespace
+            && self.request == request
+            && self.location == format!("{namespace}/{request}")
+    }
+
+    /// Whether a client presenting the certificate with SHA-256 `peer` (hex; `None`: plain
+    /// TCP, no certificate) may use it: only the pinned one, and no certificate only where
+    /// neither side has one.
+    pub fn serves_peer(&self, peer: Option<&str>) -> bool {
+        match (self.client_cert_sha256.as_deref(), peer) {
+            (Some(pin), Some(peer)) => {
+                let (pin, peer) = (pin.trim().to_ascii_lowercase(), peer.to_ascii_lowercase());
+                bool::from(pin.as_bytes().ct_eq(peer.as_bytes()))
+            }
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A grant lookup that failed (the API server is unreachable, the Secret is malformed, too
+/// many lookups at once, a miss seen a moment ago, …); the source answers 503 so the target
+/// retries later.
 #[derive(Debug, thiserror::Error)]
 #[error("transfer grant lookup failed: {0}")]
 pub struct GrantLookupError(pub String);
 
 /// Where the source finds a request's grant. The agent's implementation reads the Secret
-/// `<request>-transfer-token` in `namespace` (key `token`, annotations `ferry.dev/expires-at`
-/// and `ferry.dev/image-location`); tests use [`StaticGrants`].
+/// `ferry-transfer-<namespace>.<request>` in the agents' own namespace (never the request's:
+/// tenants write there); tests use [`StaticGrants`].
 ///
 /// A boxed future keeps the trait usable as `Arc<dyn GrantSource>`.
 pub trait GrantSource: Send + Sync + 'static {
@@ -146,18 +207,28 @@ pub(crate) enum Denial {
     Expired(Timestamp),
 }
 
-/// Checks a presented `Authorization` header value against `grant` at `now`.
-pub(crate) fn check(
-    authorization: Option<&[u8]>,
-    grant: Option<&Grant>,
-    now: Timestamp,
-) -> Result<(), Denial> {
+/// The bearer token of an `Authorization` header value: checked before any grant lookup, so
+/// a request without one costs the source no API read.
+pub(crate) fn bearer(authorization: Option<&[u8]>) -> Result<&[u8], Denial> {
     let Some(header) = authorization else {
         return Err(Denial::Unauthorized("missing bearer token"));
     };
     let Some(presented) = header.strip_prefix(b"Bearer ") else {
         return Err(Denial::Unauthorized("authorization is not a bearer token"));
     };
+    if presented.is_empty() {
+        return Err(Denial::Unauthorized("invalid bearer token"));
+    }
+    Ok(presented)
+}
+
+/// Checks a presented `Authorization` header value against `grant` at `now`.
+pub(crate) fn check(
+    authorization: Option<&[u8]>,
+    grant: Option<&Grant>,
+    now: Timestamp,
+) -> Result<(), Denial> {
+    let presented = bearer(authorization)?;
     let Some(grant) = grant else {
         // Same answer as a wrong token: an unauthenticated caller learns nothing about
         // which requests exist.
@@ -179,12 +250,34 @@ mod tests {
     use jiff::SignedDuration;
 
     fn grant(secret: &str, expires_in: i64) -> Grant {
-        Grant {
-            token: Token::new(secret),
-            expires_at: Timestamp::now() + SignedDuration::from_secs(expires_in),
-            location: "ns/req".into(),
-            store: None,
-        }
+        Grant::new(
+            Token::new(secret),
+            Timestamp::now() + SignedDuration::from_secs(expires_in),
+            "ns",
+            "req",
+            "uid",
+            Some(&"ab".repeat(32)),
+        )
+    }
+
+    #[test]
+    fn a_grant_binds_one_image_and_one_client_certificate() {
+        let g = grant("s", 60);
+        assert!(g.binds("ns", "req"));
+        assert!(!g.binds("ns2", "req") && !g.binds("ns", "req2"));
+        let mut moved = g.clone();
+        moved.location = "other/req".into();
+        assert!(!moved.binds("ns", "req"), "a location elsewhere is refused");
+        assert!(g.serves_peer(Some(&"ab".repeat(32))));
+        assert!(g.serves_peer(Some(&"AB".repeat(32))));
+        assert!(!g.serves_peer(Some(&"cd".repeat(32))));
+        assert!(!g.serves_peer(None));
+        let unpinned = Grant {
+            client_cert_sha256: None,
+            ..g
+        };
+        assert!(!unpinned.serves_peer(Some(&"ab".repeat(32))), "fail closed");
+        assert!(unpinned.serves_peer(None), "plain TCP (benchmark) only");
     }
 
     #[test]

@@ -39,6 +39,7 @@ impl Connection {
     pub(super) fn new(spec: &PullSpec, transport: ClientTransport) -> Result<Self> {
         let endpoint = Endpoint::parse(&spec.endpoint, &transport)?;
         spec.check_names()?;
+        spec.check_digest()?;
         let mut authorization =
             HeaderValue::from_str(&format!("Bearer {}", spec.token.expose_secret())).map_err(
                 |_| TransferError::Invalid("the token is not a valid header value".into()),

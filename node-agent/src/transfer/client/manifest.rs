@@ -57,12 +57,10 @@ pub(super) async fn fetch(
             actual: digest,
         });
     }
-    if let Some(expected) = &spec.expected_digest
-        && !expected.eq_ignore_ascii_case(&digest)
-    {
+    if !spec.expected_digest.eq_ignore_ascii_case(&digest) {
         return Err(TransferError::ImageDigestMismatch {
             context: "the source's image is not the one expected",
-            expected: expected.clone(),
+            expected: spec.expected_digest.clone(),
             actual: digest,
         });
     }

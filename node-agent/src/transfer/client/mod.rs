@@ -43,20 +43,22 @@ use self::connection::Connection;
 use self::progress::Tally;
 use crate::store::Store;
 use crate::transfer::error::{Result, TransferError};
-use crate::transfer::tls::pinned_client_config;
+use crate::transfer::tls::{NodeIdentity, pinned_client_config};
 
 pub use self::retry::MAX_ATTEMPTS;
 pub use self::spec::{ClientTransport, PullReport, PullSpec};
 pub use self::writer::{CHUNKS_IN_FLIGHT, WRITE_CHUNK};
 
-/// Pulls `spec`'s image from its source over TLS pinned to `spec.cert_sha256` into `store`,
-/// calling `progress(done_bytes, total_bytes)` as data lands.
+/// Pulls `spec`'s image from its source over TLS pinned to `spec.cert_sha256`, presenting
+/// `identity`'s certificate, into `store`, calling `progress(done_bytes, total_bytes)` as
+/// data lands.
 pub async fn pull(
     spec: &PullSpec,
+    identity: &NodeIdentity,
     store: &Store,
     progress: impl FnMut(u64, u64) + Send,
 ) -> Result<PullReport> {
-    let config = pinned_client_config(&spec.cert_sha256)?;
+    let config = pinned_client_config(&spec.cert_sha256, identity)?;
     pull_with_transport(spec, store, ClientTransport::Tls(config), progress).await
 }
 

@@ -24,11 +24,26 @@ pub struct PullSpec {
     pub request: String,
     /// Where to publish the image in the local store.
     pub location: String,
-    /// The image digest the operator expects, if it knows it.
-    pub expected_digest: Option<String>,
+    /// The image digest (hex SHA-256 of its manifest) the operator expects. Required: a pull
+    /// with no digest, or one that is not 64 hex digits, is refused before anything is sent
+    /// (fail closed: the digest is what pins the image to the checkpoint the operator saw).
+    pub expected_digest: String,
 }
 
 impl PullSpec {
+    /// The expected digest must be a SHA-256 in hex; nothing else pins the image.
+    pub(super) fn check_digest(&self) -> Result<()> {
+        let d = self.expected_digest.as_str();
+        if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        Err(TransferError::Invalid(if d.is_empty() {
+            "the task names no image digest; refusing to pull an image nothing pins".to_string()
+        } else {
+            format!("the task's image digest {d:?} is not a hex SHA-256; refusing to pull")
+        }))
+    }
+
     /// The namespace and request name go into URLs: they must be what Kubernetes allows.
     pub(super) fn check_names(&self) -> Result<()> {
         if !http_paths::is_dns1123_label(&self.namespace) {

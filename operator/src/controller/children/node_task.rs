@@ -9,7 +9,7 @@ use kube::ResourceExt;
 
 use super::meta::child_meta;
 use super::names::image_location;
-use super::transfer_secret::{TOKEN_KEY, token_secret_name};
+use super::transfer_secret::{TOKEN_KEY, grant_name};
 
 /// One NodeTask of `request`.
 pub fn node_task(
@@ -61,7 +61,7 @@ pub fn transfer_source(
     TransferSource {
         endpoint,
         token_secret_ref: SecretKeyRef {
-            name: token_secret_name(&request.name_any()),
+            name: grant_name(request),
             key: TOKEN_KEY.to_string(),
         },
         cert_sha256,

@@ -23,7 +23,7 @@ use crate::controller::children::names::{
     checkpoint_task_name, delete_task_name, restore_task_name,
 };
 use crate::controller::children::node_task::node_task;
-use crate::controller::children::transfer_secret::token_secret_name;
+use crate::controller::children::transfer_secret::grant_name;
 use crate::controller::context::Context;
 use crate::{Error, Result};
 
@@ -119,8 +119,9 @@ pub async fn cleanup(req: std::sync::Arc<CheckpointRequest>, ctx: &Context) -> R
     for task in [checkpoint_task_name(&name), restore_task_name(&name)] {
         api::delete_ignoring_missing(&tasks, &task).await?;
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    api::delete_ignoring_missing(&secrets, &token_secret_name(&name)).await?;
+    // The grant lives in the agents' namespace (no ownerReference across namespaces).
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.agent_namespace);
+    api::delete_ignoring_missing(&secrets, &grant_name(&req)).await?;
 
     let deleting_since = req.meta().deletion_timestamp.as_ref().map(|t| t.0);
     let timeout = ctx.config.cleanup_timeout;

@@ -18,7 +18,9 @@ use crate::agents;
 use crate::controller::children::names::{restore_task_name, restored_pod_name};
 use crate::controller::children::node_task::{node_task, transfer_source};
 use crate::controller::children::restored_pod::{restored_pod, use_checkpoint_images};
-use crate::controller::children::transfer_secret::{random_token, token_secret, token_secret_name};
+use crate::controller::children::transfer_secret::{
+    grant_name, is_grant_of, random_token, token_secret,
+};
 use crate::controller::context::Context;
 use crate::{Error, Result};
 
@@ -117,15 +119,10 @@ pub async fn ensure(
     plan: &Plan,
 ) -> Result<Children> {
     let ns = api::namespace(req)?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    if secrets
-        .get_opt(&token_secret_name(&req.name_any()))
-        .await?
-        .is_none()
+    if plan.source != plan.target
+        && let Some(step) = ensure_grant(req, ctx, plan).await?
     {
-        let expires_at = token_expiry(req, Timestamp::now());
-        let secret = token_secret(req, random_token()?, expires_at);
-        api::create_ignoring_existing(&secrets, &secret).await?;
+        return Ok(Children::Pending(step));
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let restored = match pods.get_opt(&plan.restored_name).await? {
@@ -163,6 +160,41 @@ pub async fn ensure(
         restored: Box::new(restored),
         task: Box::new(task),
     })
+}
+
+/// Creates the transfer grant in the agents' namespace (finding 1: where tenants cannot
+/// write), bound to this request and to the target agent's certificate. A grant left by an
+/// earlier request of the same name is replaced, never reused. `Some`: what to do instead
+/// (the target agent publishes no certificate, so nothing could pull).
+async fn ensure_grant(req: &CheckpointRequest, ctx: &Context, plan: &Plan) -> Result<Option<Step>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.agent_namespace);
+    let name = grant_name(req);
+    if let Some(existing) = secrets.get_opt(&name).await? {
+        if is_grant_of(&existing, req) {
+            return Ok(None);
+        }
+        api::delete_ignoring_missing(&secrets, &name).await?;
+    }
+    let lease = ctx.agent_lease(&plan.target);
+    let Some(client_cert) = agents::transfer_cert_sha256(lease.as_deref()) else {
+        return Ok(Some(Step::Fail(Failure::new(
+            reason::TRANSFER_FAILED,
+            format!(
+                "the agent on the target node {} publishes no transfer certificate on its Lease; the source serves only the target agent's certificate",
+                plan.target
+            ),
+        ))));
+    };
+    let expires_at = token_expiry(req, Timestamp::now());
+    let secret = token_secret(
+        req,
+        &ctx.config.agent_namespace,
+        &client_cert,
+        random_token()?,
+        expires_at,
+    );
+    api::create_ignoring_existing(&secrets, &secret).await?;
+    Ok(None)
 }
 
 /// The request's uid, which names its restored pod.
