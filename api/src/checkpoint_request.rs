@@ -280,6 +280,14 @@ pub struct CheckpointRequestStatus {
     /// Name of the restored pod (migrations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_pod_name: Option<String>,
+    /// `metadata.uid` of the pod that was checkpointed: a migration deletes the source pod
+    /// only with this UID as a precondition, never a pod re-created under the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_pod_uid: Option<String>,
+    /// `metadata.uid` of the restored pod, as the operator created it: only that pod is ever
+    /// taken for the restored pod (another one under its name is not adopted) or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_pod_uid: Option<String>,
     /// The checkpoint image, once published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointInfo>,

@@ -86,6 +86,13 @@ pub mod label {
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     /// The value of [`MANAGED_BY`] on objects ferry creates.
     pub const MANAGED_BY_VALUE: &str = "ferry";
+    /// On a Node: its migration pool (docs/security.md, "Migration pools"). A migration goes
+    /// only to a node whose value equals the source node's, and a node without the label takes
+    /// pods only from nodes without it: nodes of one pool trust each other with root (CRIU
+    /// restores what an image says), nodes of different pools do not. Under the
+    /// `node-restriction.kubernetes.io/` prefix, which the NodeRestriction admission plugin
+    /// forbids kubelets to set: a compromised node cannot move itself into another pool.
+    pub const MIGRATION_POOL: &str = "node-restriction.kubernetes.io/ferry-migration-pool";
 }
 
 /// Annotation keys.

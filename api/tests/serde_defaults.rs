@@ -155,6 +155,8 @@ fn full_request() -> CheckpointRequest {
         source_node: Some("gpu-node-1".into()),
         target_node: Some("gpu-node-7".into()),
         restored_pod_name: Some("trainer-0".into()),
+        source_pod_uid: Some("5d0c6b1e-0000-4000-8000-000000000001".into()),
+        restored_pod_uid: Some("5d0c6b1e-0000-4000-8000-000000000002".into()),
         checkpoint: Some(CheckpointInfo {
             node: "gpu-node-1".into(),
             location: "/var/lib/ferry/checkpoints/ml/move-trainer".into(),

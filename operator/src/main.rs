@@ -42,6 +42,10 @@ struct Args {
     /// Reconciles at once (0: unbounded).
     #[arg(long, default_value_t = 16, env = "FERRY_CONCURRENCY")]
     concurrency: u16,
+    /// Seconds every container of a restored pod must have run, ready and never restarted,
+    /// before a migration deletes its source pod.
+    #[arg(long, default_value_t = 5, env = "FERRY_RESTORE_SETTLE_SECONDS")]
+    restore_settle_seconds: u64,
     /// Namespace of the agents' Leases (`ferry-agent-<node>`).
     #[arg(long, default_value = "ferry-system", env = "FERRY_AGENT_NAMESPACE")]
     agent_namespace: String,
@@ -73,6 +77,7 @@ async fn main() -> Result<()> {
         agent_namespace: args.agent_namespace.clone(),
         instance: identity.clone(),
         concurrency: args.concurrency,
+        restore_settle: Duration::from_secs(args.restore_settle_seconds),
         ..Config::default()
     };
     let lease = LeaseConfig {

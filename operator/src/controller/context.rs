@@ -32,6 +32,10 @@ pub struct Config {
     /// operator instead of as concurrent calls in the API server, which keeps each
     /// reconcile's round trips short.
     pub concurrency: u16,
+    /// How long every container of a restored pod must have run, ready and never restarted,
+    /// before a migration deletes its source pod: phase Running alone is one container of
+    /// several, or one about to crash.
+    pub restore_settle: Duration,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             cleanup_timeout: Duration::from_secs(60),
             instance: "ferry-operator".to_string(),
             concurrency: 16,
+            restore_settle: Duration::from_secs(5),
         }
     }
 }

@@ -46,6 +46,8 @@ pub fn config(identity: &str) -> Config {
         active_requeue: Duration::from_secs(1),
         cleanup_timeout: Duration::from_secs(20),
         instance: identity.into(),
+        // Short, so that the scenarios do not wait long; the settle rules are the same.
+        restore_settle: Duration::from_secs(1),
         ..Config::default()
     }
 }
@@ -287,7 +289,8 @@ pub async fn migrate_to_restoring(env: &Env, ns: &str, name: &str) -> String {
         "{}",
         source.endpoint
     );
-    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), ns);
+    // The grant lives in the agents' namespace, where tenants cannot write.
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), AGENTS);
     let secret = secrets.get(&source.token_secret_ref.name).await.unwrap();
     assert!(secret.data.unwrap().contains_key(TOKEN_KEY));
     // The source agent checks the token against these: until when, and for which image.

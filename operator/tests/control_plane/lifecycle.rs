@@ -107,8 +107,10 @@ pub async fn deleting_a_running_migration_aborts_it_and_deletes_images_through_t
         api.get_opt("m").await.unwrap().is_none().then_some(())
     })
     .await;
-    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), ns);
-    assert!(secrets.get_opt("m-transfer-token").await.unwrap().is_none());
+    // The grant (in the agents' namespace) goes with the request.
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), AGENTS);
+    let grant = ferry_api::names::agent::grant_secret_name(ns, "m");
+    assert!(secrets.get_opt(&grant).await.unwrap().is_none());
 }
 
 pub async fn a_request_past_its_timeout_fails_with_timeout(env: &Env, ns: &str) {

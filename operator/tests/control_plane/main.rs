@@ -13,6 +13,7 @@
 mod happy_paths;
 mod helpers;
 mod lifecycle;
+mod security;
 mod validation;
 
 use std::future::Future;
@@ -36,6 +37,14 @@ use crate::lifecycle::{
     an_operator_restart_in_each_phase_of_a_migration_resumes_it,
     deleting_a_running_migration_aborts_it_and_deletes_images_through_the_agents,
     the_api_server_rejects_a_spec_update, two_replicas_fail_over_without_a_duplicated_node_task,
+};
+use crate::security::{
+    a_checkpoint_without_a_well_formed_digest_fails_closed,
+    a_migration_out_of_its_nodes_pool_fails_and_one_inside_it_goes_ahead,
+    a_migration_to_a_tainted_node_fails_before_the_checkpoint_naming_the_taint,
+    a_pod_squatting_the_restored_name_is_neither_adopted_nor_deleted,
+    a_restored_pod_whose_container_restarted_does_not_replace_the_source,
+    a_source_pod_recreated_under_its_name_mid_migration_survives,
 };
 use crate::validation::{
     a_migration_no_node_can_take_fails_with_no_compatible_node_naming_each_node,
@@ -79,6 +88,12 @@ const SCENARIOS: &[(&str, Scenario)] = scenarios![
     a_request_past_its_timeout_fails_with_timeout,
     a_finished_request_is_deleted_after_its_ttl,
     the_api_server_rejects_a_spec_update,
+    a_migration_to_a_tainted_node_fails_before_the_checkpoint_naming_the_taint,
+    a_migration_out_of_its_nodes_pool_fails_and_one_inside_it_goes_ahead,
+    a_checkpoint_without_a_well_formed_digest_fails_closed,
+    a_source_pod_recreated_under_its_name_mid_migration_survives,
+    a_restored_pod_whose_container_restarted_does_not_replace_the_source,
+    a_pod_squatting_the_restored_name_is_neither_adopted_nor_deleted,
 ];
 
 #[test]

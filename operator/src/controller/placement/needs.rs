@@ -1,12 +1,14 @@
 //! What the restored pod needs from its node: the pod's node selector and required affinity
-//! (pins to the source node dropped, [`super::affinity`]), its tolerations, and the GPUs
-//! (vendor resource, count, product) it uses on the source node.
+//! (pins to the source node dropped, [`super::affinity`]), its tolerations, the GPUs
+//! (vendor resource, count, product) it uses on the source node, and the source node's
+//! migration pool.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, NodeSelector, Pod, Toleration};
 
 use super::affinity;
+use super::node_state::migration_pool;
 
 /// The extended resources of the GPU vendors ferry supports.
 pub const GPU_RESOURCES: [&str; 2] = ["amd.com/gpu", "nvidia.com/gpu"];
@@ -36,6 +38,9 @@ pub struct Needs {
     pub gpu: Option<(String, i64)>,
     /// The GPU product label (key, value) of the source node, if it carries one.
     pub product: Option<(String, String)>,
+    /// The source node's migration pool (`None`: in no pool); a target must be in the same
+    /// one, or in none when this is `None`.
+    pub pool: Option<String>,
 }
 
 impl Needs {
@@ -66,6 +71,7 @@ impl Needs {
             tolerations: spec.and_then(|s| s.tolerations.clone()).unwrap_or_default(),
             gpu,
             product,
+            pool: source.and_then(migration_pool).map(String::from),
         }
     }
 }

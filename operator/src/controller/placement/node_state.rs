@@ -39,3 +39,34 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     }
     exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
 }
+
+/// The first `NoSchedule`/`NoExecute` taint of `node` that none of `tolerations` lets a pod
+/// past, written `key=value:effect`. The restored pod gets `nodeName` directly, which skips
+/// the scheduler's taint check, so the operator makes it (`PreferNoSchedule` only steers the
+/// scheduler and is ignored).
+pub fn untolerated_taint(tolerations: &[Toleration], node: &Node) -> Option<String> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|taint| matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute"))
+        .find(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
+        .map(|taint| {
+            format!(
+                "{}={}:{}",
+                taint.key,
+                taint.value.as_deref().unwrap_or(""),
+                taint.effect
+            )
+        })
+}
+
+/// The node's migration pool ([`ferry_api::names::label::MIGRATION_POOL`]), if it is in one.
+pub fn migration_pool(node: &Node) -> Option<&str> {
+    node.metadata
+        .labels
+        .as_ref()?
+        .get(ferry_api::names::label::MIGRATION_POOL)
+        .map(String::as_str)
+}

@@ -5,7 +5,8 @@
 //! A node is a candidate when it is Ready, schedulable (not cordoned), not the source node,
 //! matches the request's `nodeSelector` and the pod's own `spec.nodeSelector` and required node
 //! affinity (pins to the source node dropped, [`super::affinity`]), carries no
-//! `NoSchedule`/`NoExecute` taint the pod does not tolerate, runs a ready ferry agent, and, for
+//! `NoSchedule`/`NoExecute` taint the pod does not tolerate, is in the source node's migration
+//! pool (or in none, like the source; docs/security.md), runs a ready ferry agent, and, for
 //! a pod that requests GPUs, has at least as many free GPUs of the same vendor resource
 //! (`amd.com/gpu`, `nvidia.com/gpu`) and, where both nodes carry a GPU product label, the same
 //! product. Among candidates the one with the most free GPUs wins, then the smallest name.
@@ -16,7 +17,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::affinity;
 use super::needs::{Needs, parse_count};
-use super::node_state::{is_cordoned, is_ready, tolerates};
+use super::node_state::{is_cordoned, is_ready, migration_pool, untolerated_taint};
 
 /// A node and what the operator knows about it beyond the Node object.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +47,11 @@ pub enum Rejection {
     Affinity(String),
     /// A taint the pod does not tolerate.
     Taint(String),
+    /// Another migration pool than the source node's (`None`: in no pool).
+    Pool {
+        have: Option<String>,
+        want: Option<String>,
+    },
     /// Not enough free GPUs of the vendor resource.
     Gpus {
         resource: String,
@@ -71,6 +77,13 @@ impl fmt::Display for Rejection {
             Rejection::Selector { key, want } => write!(f, "label {key}={want} missing"),
             Rejection::Affinity(why) => f.write_str(why),
             Rejection::Taint(t) => write!(f, "taint {t} not tolerated"),
+            Rejection::Pool { have, want } => {
+                let pool = |p: &Option<String>| match p {
+                    Some(p) => format!("migration pool {p}"),
+                    None => "no migration pool".to_string(),
+                };
+                write!(f, "{}, the pod's node is in {}", pool(have), pool(want))
+            }
             Rejection::Gpus {
                 resource,
                 free,
@@ -160,24 +173,11 @@ fn check(needs: &Needs, c: &Candidate<'_>, name: &str) -> Result<i64, Rejection>
     if is_cordoned(node) {
         return Err(Rejection::Cordoned);
     }
+    fits_pool(needs, node)?;
     fits_constraints(needs, node)?;
     let labels = node.metadata.labels.clone().unwrap_or_default();
-    for taint in node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .into_iter()
-        .flatten()
-    {
-        let blocking = matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute");
-        if blocking && !needs.tolerations.iter().any(|t| tolerates(t, taint)) {
-            return Err(Rejection::Taint(format!(
-                "{}={}:{}",
-                taint.key,
-                taint.value.as_deref().unwrap_or(""),
-                taint.effect
-            )));
-        }
+    if let Some(taint) = untolerated_taint(&needs.tolerations, node) {
+        return Err(Rejection::Taint(taint));
     }
     if !c.agent_ready {
         return Err(Rejection::AgentNotReady);
@@ -211,6 +211,19 @@ fn check(needs: &Needs, c: &Candidate<'_>, name: &str) -> Result<i64, Rejection>
         });
     }
     Ok(free)
+}
+
+/// Whether `node` is in the source node's migration pool, or in none like the source: an image
+/// is root on the node that restores it, so it never crosses from one pool to another.
+pub fn fits_pool(needs: &Needs, node: &Node) -> Result<(), Rejection> {
+    let have = migration_pool(node);
+    if have == needs.pool.as_deref() {
+        return Ok(());
+    }
+    Err(Rejection::Pool {
+        have: have.map(String::from),
+        want: needs.pool.clone(),
+    })
 }
 
 /// Whether `node` satisfies the pod's nodeSelector and required node affinity, which the
@@ -371,6 +384,9 @@ mod tests {
             operator: Some("Exists".into()),
             ..Default::default()
         }];
+        let pool = ferry_api::names::label::MIGRATION_POOL;
+        let mut pooled = needs(None);
+        pooled.pool = Some("red".into());
         let mut mi300 = needs(amd);
         mi300.product = Some(("amd.com/gpu.product-name".into(), "MI300X".into()));
         let cases = vec![
@@ -423,6 +439,15 @@ mod tests {
             )
             .picks("b"),
             case("an empty cluster says so", needs(None), vec![]).fails("the cluster has no other node"),
+            case(
+                "a pod from a pool goes only to a node of the same pool",
+                pooled.clone(),
+                vec![node("a"), with_label(node("b"), pool, "blue"), with_label(node("c"), pool, "red")],
+            )
+            .picks("c"),
+            case("no node of the pool: each other node is named with its pool", pooled, vec![node("a"), with_label(node("b"), pool, "blue")])
+                .fails("a: no migration pool, the pod's node is in migration pool red; b: migration pool blue, the pod's node is in migration pool red"),
+            case("a pod from no pool does not go into one", needs(None), vec![with_label(node("a"), pool, "red"), node("b")]).picks("b"),
         ];
         let mut failures = Vec::new();
         for c in cases {

@@ -11,7 +11,8 @@ use crate::controller::children::names::{checkpoint_task_name, restore_task_name
 use crate::controller::context::Context;
 
 /// Deletes the Checkpoint and Restore tasks that have not finished (a finished one is kept:
-/// its result says what happened) and the restored pod, if one was named.
+/// its result says what happened) and the restored pod, if the operator created one: only
+/// the pod with the UID the status recorded, never another pod that took its name.
 pub async fn run(
     req: &CheckpointRequest,
     ctx: &Context,
@@ -27,9 +28,9 @@ pub async fn run(
             api::delete_ignoring_missing(&tasks, &task).await?;
         }
     }
-    if let Some(restored) = &st.restored_pod_name {
+    if let (Some(restored), Some(uid)) = (&st.restored_pod_name, &st.restored_pod_uid) {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        api::delete_ignoring_missing(&pods, restored).await?;
+        api::delete_with_uid(&pods, restored, uid).await?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@
 //!   every pod in the cluster.
 
 use ferry_api::{CheckpointRequest, CheckpointRequestStatus, NodeTask};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::{Error, Result};
@@ -52,6 +52,23 @@ where
     }
 }
 
+/// Creates `obj` and returns what the API server stored (its UID), or `None` when something
+/// of that name exists already (which this call did not create).
+pub async fn create_new<K>(api: &Api<K>, obj: &K) -> Result<Option<K>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, obj).await {
+        Ok(created) => Ok(Some(created)),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Creates or re-applies a NodeTask's metadata and spec (server-side apply, field manager
 /// [`FIELD_MANAGER`]); its status is the agent's and is not part of the apply.
 pub async fn apply_node_task(api: &Api<NodeTask>, task: &NodeTask) -> Result<()> {
@@ -77,6 +94,39 @@ where
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a delete with a UID precondition came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// The object with that UID is being deleted.
+    Deleted,
+    /// Nothing has the name.
+    Gone,
+    /// Another object (another UID) has the name: left as it is.
+    Replaced,
+}
+
+/// Deletes `name` only if its UID is `uid` (a precondition the API server checks, so an
+/// object re-created under the name in between is never hit).
+pub async fn delete_with_uid<K>(api: &Api<K>, name: &str, uid: &str) -> Result<Deletion>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(Deletion::Deleted),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(Deletion::Gone),
+        // 409 Conflict: the precondition failed, the name holds another object.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Deletion::Replaced),
         Err(e) => Err(e.into()),
     }
 }

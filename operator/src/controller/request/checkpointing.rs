@@ -32,7 +32,9 @@ pub enum Next {
     Checkpointed(Box<TaskResult>),
 }
 
-/// Decides from the Checkpoint task (if it exists), run on `source`.
+/// Decides from the Checkpoint task (if it exists), run on `source`. A checkpoint without a
+/// well-formed image digest fails: the digest is the image's identity, which the target pins
+/// when it pulls (finding 2: a missing one must not turn the pin off).
 pub fn decide(task: Option<&NodeTask>, source: &str) -> Next {
     let Some(task) = task else {
         return Next::CreateTask;
@@ -42,13 +44,38 @@ pub fn decide(task: Option<&NodeTask>, source: &str) -> Next {
             reason::CHECKPOINT_FAILED,
             format!("checkpoint on node {source} failed: {}", task_message(task)),
         )),
-        TaskPhase::Succeeded => Next::Checkpointed(Box::new(
-            task.status
+        TaskPhase::Succeeded => {
+            let result = task
+                .status
                 .as_ref()
                 .and_then(|s| s.result.clone())
-                .unwrap_or_default(),
-        )),
+                .unwrap_or_default();
+            match digest_problem(result.image.sha256.as_deref()) {
+                None => Next::Checkpointed(Box::new(result)),
+                Some(problem) => Next::Fail(Failure::new(
+                    reason::CHECKPOINT_FAILED,
+                    format!(
+                        "checkpoint on node {source} reported {problem}; an image without its SHA-256 cannot be verified, so it is not used"
+                    ),
+                )),
+            }
+        }
         TaskPhase::Pending | TaskPhase::Running => Next::Wait,
+    }
+}
+
+/// What is wrong with the image digest a Checkpoint task reported, if anything.
+pub fn digest_problem(sha256: Option<&str>) -> Option<String> {
+    match sha256 {
+        None => Some("no image digest".to_string()),
+        Some(d) if !crate::agents::is_sha256_hex(d) => {
+            // Bounded: the agent's string is echoed into the condition.
+            let shown: String = d.chars().take(80).collect();
+            Some(format!(
+                "a malformed image digest {shown:?} (want 64 lowercase hex digits)"
+            ))
+        }
+        Some(_) => None,
     }
 }
 
@@ -174,9 +201,23 @@ mod tests {
         let result = TaskResult {
             image: ImageSummary {
                 size_bytes: Some(4096),
+                sha256: Some("0f".repeat(32)),
                 ..Default::default()
             },
             ..Default::default()
+        };
+        let with_digest = |d: &str| {
+            let mut r = result.clone();
+            r.image.sha256 = Some(d.to_string());
+            Some(r)
+        };
+        let no_digest = |why: &str| {
+            Next::Fail(Failure::new(
+                reason::CHECKPOINT_FAILED,
+                format!(
+                    "checkpoint on node a reported {why}; an image without its SHA-256 cannot be verified, so it is not used"
+                ),
+            ))
         };
         // (task, next)
         let table = [
@@ -205,9 +246,33 @@ mod tests {
                     "checkpoint on node a failed: the agent gave no message",
                 )),
             ),
+            // Fail closed: no digest, or one that is not a SHA-256, never turns the pin off.
             (
                 Some(task(Some(TaskPhase::Succeeded), None, None)),
-                Next::Checkpointed(Box::default()),
+                no_digest("no image digest"),
+            ),
+            (
+                Some(task(
+                    Some(TaskPhase::Succeeded),
+                    None,
+                    Some(TaskResult::default()),
+                )),
+                no_digest("no image digest"),
+            ),
+            (
+                Some(task(Some(TaskPhase::Succeeded), None, with_digest("abc"))),
+                no_digest("a malformed image digest \"abc\" (want 64 lowercase hex digits)"),
+            ),
+            (
+                Some(task(
+                    Some(TaskPhase::Succeeded),
+                    None,
+                    with_digest(&"0F".repeat(32)),
+                )),
+                no_digest(&format!(
+                    "a malformed image digest {:?} (want 64 lowercase hex digits)",
+                    "0F".repeat(32)
+                )),
             ),
             (
                 Some(task(Some(TaskPhase::Succeeded), None, Some(result.clone()))),

@@ -77,6 +77,12 @@ pub fn after_step(
     match step {
         Step::Advanced if !phase.is_terminal() => Action::requeue(AT_ONCE),
         _ if phase.is_terminal() => ttl_action(req, st, now),
+        Step::Recheck(due) => Action::requeue(requeue_before_timeout(
+            req,
+            st,
+            every.min(*due + PAST_DEADLINE),
+            now,
+        )),
         _ => Action::requeue(requeue_before_timeout(req, st, every, now)),
     }
 }
@@ -211,6 +217,24 @@ mod tests {
                 None,
                 200,
                 Action::requeue(ms(10)),
+            ),
+            // A settle period ending in 2 s: just after it, before the usual requeue.
+            (
+                Step::Recheck(Duration::from_secs(2)),
+                RequestPhase::Restoring,
+                Some(0),
+                None,
+                0,
+                Action::requeue(ms(2010)),
+            ),
+            // One ending after the usual requeue waits for that one.
+            (
+                Step::Recheck(Duration::from_secs(60)),
+                RequestPhase::Restoring,
+                Some(0),
+                None,
+                0,
+                Action::requeue(every),
             ),
             // Terminal: the TTL decides, whatever the step.
             (

@@ -2,8 +2,9 @@
 //! reported and the restore finished at once. The children come from
 //! [`transferring::ensure`]; then the Restore task and the restored pod decide ([`decide`],
 //! pure): the task reporting its pull moves the request to Restoring, the task Succeeded
-//! with the restored pod Running completes the migration, and only then is the source pod
-//! deleted (with `deleteSource`).
+//! with the restored pod settled ([`settle`]: every container running, ready and never
+//! restarted for the settle period) completes the migration, and only then is the source pod
+//! deleted (with `deleteSource`), by the UID that was checkpointed ([`identity`]).
 
 use ferry_api::names::{condition, reason};
 use ferry_api::{
@@ -13,8 +14,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
 
-use super::api;
+use super::api::{self, Deletion};
 use super::conditions::{set_condition, succeed, timings};
+use super::identity::SourceFate;
+use super::settle::{self, Health};
 use super::step::{Failure, Step, task_message};
 use super::transferring::{self, Children, Plan};
 use crate::Result;
@@ -26,17 +29,17 @@ use crate::controller::context::Context;
 pub struct Progress {
     /// The image has arrived and the request is still Transferring: move to Restoring.
     pub enter_restoring: bool,
-    /// The task Succeeded and the restored pod runs: the migration is done.
+    /// The task Succeeded and the restored pod has settled: the migration is done.
     pub restored: bool,
 }
 
 /// Decides from the request's phase, the Restore task on `target` and whether the restored
-/// pod is Running. A failed task fails the request: `TransferFailed` before the pull was
-/// reported, `RestoreFailed` after.
+/// pod has settled ([`settle::judge`]). A failed task fails the request: `TransferFailed`
+/// before the pull was reported, `RestoreFailed` after.
 pub fn decide(
     phase: Option<RequestPhase>,
     task: &NodeTask,
-    restored_running: bool,
+    restored_settled: bool,
     target: &str,
 ) -> Result<Progress, Failure> {
     let result = task
@@ -65,7 +68,7 @@ pub fn decide(
     let succeeded = task_phase == TaskPhase::Succeeded;
     Ok(Progress {
         enter_restoring: (pulled || succeeded) && phase == Some(RequestPhase::Transferring),
-        restored: succeeded && restored_running,
+        restored: succeeded && restored_settled,
     })
 }
 
@@ -81,12 +84,14 @@ pub async fn run(
         Err(f) => return Ok(Step::Fail(f)),
     };
     st.restored_pod_name = Some(plan.restored_name.clone());
-    let (restored, task) = match transferring::ensure(req, ctx, st, &plan).await? {
+    let (restored, task) = match transferring::ensure(req, ctx, &mut *st, &plan).await? {
         Children::Ready { restored, task } => (restored, task),
         Children::Pending(step) => return Ok(step),
     };
-    let running = restored.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-    let progress = match decide(st.phase, &task, running, &plan.target) {
+    let now = Timestamp::now();
+    let health = settle::judge(&restored, ctx.config.restore_settle, now);
+    let settled = health == Health::Settled;
+    let progress = match decide(st.phase, &task, settled, &plan.target) {
         Ok(p) => p,
         Err(f) => return Ok(Step::Fail(f)),
     };
@@ -105,32 +110,51 @@ pub async fn run(
             Timestamp::now(),
         );
     }
+    let ns = api::namespace(req)?;
+    if task.phase() == TaskPhase::Succeeded {
+        if let Health::Broken(why) = &health {
+            return Ok(Step::Fail(Failure::new(
+                reason::RESTORE_FAILED,
+                format!(
+                    "restored pod {} on node {} {why}; the restore did not hold",
+                    plan.restored_name, plan.target
+                ),
+            )));
+        }
+        // Downtime runs from the source's freeze to the first time the operator sees every
+        // restored container running (an operator restart in between adds to it); the
+        // settle period after that is not downtime.
+        if health.running()
+            && st.timings.as_ref().and_then(|t| t.downtime_ms).is_none()
+            && let Some(frozen) = frozen_at(ctx, &ns, &req.name_any()).await?
+        {
+            let ms = downtime(frozen, now);
+            #[allow(clippy::cast_precision_loss)]
+            ctx.metrics.downtime.observe(ms as f64 / 1000.0);
+            timings(st).downtime_ms = Some(ms);
+        }
+    }
     if !progress.restored {
-        return Ok(if progress.enter_restoring {
-            Step::Advanced
-        } else {
-            Step::Wait
+        return Ok(match health {
+            _ if progress.enter_restoring => Step::Advanced,
+            Health::Settling(left) if task.phase() == TaskPhase::Succeeded => Step::Recheck(left),
+            _ => Step::Wait,
         });
     }
-    // Restored: the pod runs. Downtime runs from the source's freeze to now, the first time
-    // the operator sees the restored pod running (an operator restart in between adds to it).
-    let now = Timestamp::now();
-    let ns = api::namespace(req)?;
-    let mut downtime_ms = None;
-    if st.timings.as_ref().and_then(|t| t.downtime_ms).is_none()
-        && let Some(frozen) = frozen_at(ctx, &ns, &req.name_any()).await?
-    {
-        let ms = downtime(frozen, now);
-        #[allow(clippy::cast_precision_loss)]
-        ctx.metrics.downtime.observe(ms as f64 / 1000.0);
-        downtime_ms = Some(ms);
-    }
+    // Restored and settled: only now, and only the pod that was checkpointed (its UID).
     let delete_source = req.spec.migrate.as_ref().is_some_and(|m| m.delete_source);
-    if delete_source {
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        api::delete_ignoring_missing(&pods, &req.spec.pod_name).await?;
-    }
-    record_restored(req, st, &plan, &task_timings.steps, downtime_ms, now);
+    let fate = match (delete_source, &st.source_pod_uid) {
+        (false, _) => SourceFate::KeptRunning,
+        (true, None) => SourceFate::UidUnknown,
+        (true, Some(uid)) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+            match api::delete_with_uid(&pods, &req.spec.pod_name, uid).await? {
+                Deletion::Deleted | Deletion::Gone => SourceFate::Deleted,
+                Deletion::Replaced => SourceFate::Replaced,
+            }
+        }
+    };
+    record_restored(req, st, &plan, &task_timings.steps, fate, now);
     Ok(Step::Advanced)
 }
 
@@ -179,14 +203,14 @@ pub fn record_transferred(
     set_condition(req, st, condition::READY, false, "InProgress", ready, now);
 }
 
-/// Records the migration's end: the restore's timings, the downtime (if not recorded yet),
-/// Restored, and Succeeded with what happened to the source pod.
+/// Records the migration's end: the restore's timings, Restored, and Succeeded with what
+/// happened to the source pod (`fate`).
 pub fn record_restored(
     req: &CheckpointRequest,
     st: &mut CheckpointRequestStatus,
     plan: &Plan,
     task: &StepTimings,
-    downtime_ms: Option<i64>,
+    fate: SourceFate,
     now: Timestamp,
 ) {
     let Plan {
@@ -199,18 +223,12 @@ pub fn record_restored(
     t.steps.restore_ms = task.restore_ms;
     t.steps.host_restore_ms = task.host_restore_ms;
     t.steps.gpu_restore_ms = task.gpu_restore_ms;
-    t.downtime_ms = t.downtime_ms.or(downtime_ms);
     let runs = format!("pod {restored_name} runs on node {target}");
     set_condition(req, st, condition::RESTORED, true, "Restored", runs, now);
-    let delete_source = req.spec.migrate.as_ref().is_some_and(|m| m.delete_source);
     let message = format!(
         "pod {} migrated from node {source} to node {target} as {restored_name}{}",
         req.spec.pod_name,
-        if delete_source {
-            "; the source pod is deleted"
-        } else {
-            "; the source pod keeps running"
-        }
+        fate.note()
     );
     succeed(req, st, message, now);
 }
@@ -366,38 +384,51 @@ mod tests {
             gpu_restore_ms: Some(4),
             ..Default::default()
         };
-        // (deleteSource, transferMs already recorded, downtime already recorded, new
-        // downtime, transferMs after, downtime after, message end)
+        // (deleteSource, what happened to the source, transferMs already recorded, downtime
+        // recorded when the pod was first seen running, transferMs after, message end)
         let table = [
             (
                 true,
-                None,
+                SourceFate::Deleted,
                 None,
                 Some(1500),
                 Some(5),
-                Some(1500),
                 "; the source pod is deleted",
             ),
             (
                 false,
-                Some(300),
-                None,
-                Some(1500),
+                SourceFate::KeptRunning,
                 Some(300),
                 Some(1500),
+                Some(300),
                 "; the source pod keeps running",
             ),
             (
                 true,
+                SourceFate::Deleted,
                 Some(300),
                 Some(900),
-                None,
                 Some(300),
-                Some(900),
                 "; the source pod is deleted",
             ),
+            (
+                true,
+                SourceFate::Replaced,
+                None,
+                None,
+                Some(5),
+                "; the source pod was already replaced by a new pod of its name (another UID), which is left alone",
+            ),
+            (
+                true,
+                SourceFate::UidUnknown,
+                None,
+                None,
+                Some(5),
+                "; the source pod is not deleted: the status recorded no UID to delete it by",
+            ),
         ];
-        for (i, (delete_source, transfer, recorded, new, transfer_after, downtime_after, end)) in
+        for (i, (delete_source, fate, transfer, downtime, transfer_after, end)) in
             table.into_iter().enumerate()
         {
             let mut spec = CheckpointRequestSpec::for_pod("p");
@@ -412,14 +443,17 @@ mod tests {
                         transfer_ms: transfer,
                         ..Default::default()
                     },
-                    downtime_ms: recorded,
+                    downtime_ms: downtime,
                 }),
                 ..Default::default()
             };
-            record_restored(&req, &mut st, &plan(), &task, new, Timestamp::UNIX_EPOCH);
+            record_restored(&req, &mut st, &plan(), &task, fate, Timestamp::UNIX_EPOCH);
             let t = st.timings.clone().unwrap();
             assert_eq!(t.steps.transfer_ms, transfer_after, "case {i}");
-            assert_eq!(t.downtime_ms, downtime_after, "case {i}");
+            assert_eq!(
+                t.downtime_ms, downtime,
+                "case {i}: the downtime is kept as recorded"
+            );
             assert_eq!(
                 (
                     t.steps.restore_ms,

@@ -34,6 +34,8 @@ pub async fn run(
         Err(failure) => Ok(Step::Fail(failure)),
         Ok((source, target, pod)) => {
             record_start(req, st, &source, target, Timestamp::now());
+            // The pod checkpointed is this UID; a pod re-created under its name is another.
+            st.source_pod_uid = pod.uid();
             ensure_checkpoint_task(req, ctx, &source, &pod).await?;
             Ok(Step::Advanced)
         }
@@ -80,9 +82,10 @@ async fn checks(
         Some(m) => match &m.target_node {
             Some(t) => {
                 let node = ctx.node(t);
+                let source_node = ctx.node(&source);
                 let checked = target::check_target(
                     t,
-                    &source,
+                    (&source, source_node.as_deref()),
                     node.as_deref(),
                     ctx.agent_ready(t),
                     &pod,

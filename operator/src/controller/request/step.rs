@@ -25,6 +25,9 @@ impl Failure {
 pub enum Step {
     /// Nothing more to do until the world changes.
     Wait,
+    /// Nothing to do now, and something is due within this long without a watch event (a
+    /// restored pod's settle period ending): look again then at the latest.
+    Recheck(std::time::Duration),
     /// The status moved on; look again at once.
     Advanced,
     /// The request failed.

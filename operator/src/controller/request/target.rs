@@ -14,14 +14,19 @@ use crate::Result;
 use crate::agents;
 use crate::controller::context::Context;
 use crate::controller::placement::needs::{Needs, gpu_request};
-use crate::controller::placement::node_state::{is_cordoned, is_ready};
-use crate::controller::placement::select::{self, Candidate};
+use crate::controller::placement::node_state::{is_cordoned, is_ready, untolerated_taint};
+use crate::controller::placement::select::{self, Candidate, Rejection};
 
 /// The given target node is usable, or the failure that says why not. `node` is the target's
-/// Node object (if it exists) and `agent_ready` whether a ferry agent is ready on it.
+/// Node object (if it exists), `source_node` the source's (its migration pool) and
+/// `agent_ready` whether a ferry agent is ready on the target.
+///
+/// The restored pod is bound with `nodeName`, which skips the scheduler: everything the
+/// scheduler or the target's kubelet would refuse (a taint, node affinity), and the pool
+/// boundary, is checked here, before anything is checkpointed.
 pub fn check_target(
     target: &str,
-    source: &str,
+    (source, source_node): (&str, Option<&Node>),
     node: Option<&Node>,
     agent_ready: bool,
     pod: &Pod,
@@ -51,10 +56,25 @@ pub fn check_target(
             format!("target node {target} is cordoned (spec.unschedulable)"),
         ));
     }
-    // The target's kubelet would refuse the restored pod (NodeAffinity admission) after the
-    // checkpoint; say so now.
-    let needs = Needs::of_pod(pod, None, &BTreeMap::new());
-    if let Err(why) = select::fits_constraints(&needs, node) {
+    // Without the source's Node its pool is unknown: refuse rather than guess "no pool".
+    if source_node.is_none() {
+        return Err(Failure::new(
+            reason::NO_COMPATIBLE_NODE,
+            format!(
+                "target node {target}: the pod's node {source} is not known, so its migration pool cannot be checked"
+            ),
+        ));
+    }
+    let needs = Needs::of_pod(pod, source_node, &BTreeMap::new());
+    let fits = select::fits_pool(&needs, node)
+        .and_then(|()| match untolerated_taint(&needs.tolerations, node) {
+            Some(taint) => Err(Rejection::Taint(taint)),
+            None => Ok(()),
+        })
+        // The target's kubelet would refuse the restored pod (NodeAffinity admission) after
+        // the checkpoint; say so now.
+        .and_then(|()| select::fits_constraints(&needs, node));
+    if let Err(why) = fits {
         return Err(Failure::new(
             reason::NO_COMPATIBLE_NODE,
             format!("target node {target} does not fit the pod: {why}"),
@@ -96,8 +116,16 @@ pub async fn pick_target(
     source: &str,
     selector: &BTreeMap<String, String>,
 ) -> Result<Result<String, Failure>> {
-    let source_node = ctx.node(source);
-    let needs = Needs::of_pod(pod, source_node.as_deref(), selector);
+    let Some(source_node) = ctx.node(source) else {
+        // Its pool is unknown: refuse rather than guess "no pool".
+        return Ok(Err(Failure::new(
+            reason::NO_COMPATIBLE_NODE,
+            format!(
+                "the pod's node {source} is not known, so its migration pool cannot be checked"
+            ),
+        )));
+    };
+    let needs = Needs::of_pod(pod, Some(&source_node), selector);
     let in_use = match &needs.gpu {
         // Only a GPU pod needs the free GPUs of each node: the other pods' requests.
         Some((resource, _)) => {
@@ -186,7 +214,15 @@ mod tests {
             ("b", Some(node("b", true, false, fits)), true, None),
         ];
         for (i, (target, n, agent, expected)) in table.into_iter().enumerate() {
-            let got = check_target(target, "a", n.as_ref(), agent, &p, "ferry-system");
+            let source = node("a", true, false, fits_source());
+            let got = check_target(
+                target,
+                ("a", Some(&source)),
+                n.as_ref(),
+                agent,
+                &p,
+                "ferry-system",
+            );
             assert_eq!(
                 got.as_ref().err().map(|f| f.reason),
                 expected,
@@ -198,6 +234,134 @@ mod tests {
                     "{}",
                     f.message
                 );
+            }
+        }
+    }
+
+    fn fits_source() -> serde_json::Value {
+        serde_json::json!({"zone": "z1"})
+    }
+
+    /// `n` with `taints` (`key`, `effect`) and its migration pool.
+    fn tainted(mut n: Node, taints: &[(&str, &str)], pool: Option<&str>) -> Node {
+        let taints: Vec<k8s_openapi::api::core::v1::Taint> = taints
+            .iter()
+            .map(|(key, effect)| k8s_openapi::api::core::v1::Taint {
+                key: (*key).into(),
+                value: Some("x".into()),
+                effect: (*effect).into(),
+                ..Default::default()
+            })
+            .collect();
+        if let Some(spec) = n.spec.as_mut() {
+            spec.taints = Some(taints);
+        }
+        if let Some(pool) = pool {
+            n.metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(ferry_api::names::label::MIGRATION_POOL.into(), pool.into());
+        }
+        n
+    }
+
+    #[test]
+    fn a_named_target_must_tolerate_its_taints_and_share_the_sources_pool() {
+        let mut p = pod(serde_json::json!({}), 0, "a");
+        let tolerating = {
+            let mut p = p.clone();
+            if let Some(spec) = p.spec.as_mut() {
+                spec.tolerations = Some(vec![k8s_openapi::api::core::v1::Toleration {
+                    key: Some("gpu-only".into()),
+                    operator: Some("Exists".into()),
+                    ..Default::default()
+                }]);
+            }
+            p
+        };
+        let b = |taints: &[(&str, &str)], pool| {
+            tainted(node("b", true, false, serde_json::json!({})), taints, pool)
+        };
+        let a = |pool| tainted(node("a", true, false, serde_json::json!({})), &[], pool);
+        // (pod tolerates gpu-only, target, source (None: unknown), failure words or None)
+        let table = [
+            (
+                false,
+                b(&[("gpu-only", "NoSchedule")], None),
+                Some(a(None)),
+                Some("taint gpu-only=x:NoSchedule not tolerated"),
+            ),
+            (
+                false,
+                b(&[("gpu-only", "NoExecute")], None),
+                Some(a(None)),
+                Some("taint gpu-only=x:NoExecute not tolerated"),
+            ),
+            (
+                false,
+                b(&[("gpu-only", "PreferNoSchedule")], None),
+                Some(a(None)),
+                None,
+            ),
+            (
+                true,
+                b(&[("gpu-only", "NoSchedule")], None),
+                Some(a(None)),
+                None,
+            ),
+            (
+                true,
+                b(&[("gpu-only", "NoSchedule"), ("other", "NoExecute")], None),
+                Some(a(None)),
+                Some("taint other=x:NoExecute"),
+            ),
+            (false, b(&[], Some("red")), Some(a(Some("red"))), None),
+            (
+                false,
+                b(&[], Some("blue")),
+                Some(a(Some("red"))),
+                Some("migration pool blue, the pod's node is in migration pool red"),
+            ),
+            (
+                false,
+                b(&[], None),
+                Some(a(Some("red"))),
+                Some("no migration pool, the pod's node is in migration pool red"),
+            ),
+            (
+                false,
+                b(&[], Some("red")),
+                Some(a(None)),
+                Some("migration pool red, the pod's node is in no migration pool"),
+            ),
+            (false, b(&[], None), None, Some("pod's node a is not known")),
+        ];
+        for (i, (tolerates, target, source, words)) in table.into_iter().enumerate() {
+            if tolerates {
+                p = tolerating.clone();
+            } else {
+                p.spec.as_mut().unwrap().tolerations = None;
+            }
+            let got = check_target(
+                "b",
+                ("a", source.as_ref()),
+                Some(&target),
+                true,
+                &p,
+                "ferry-system",
+            );
+            match (got, words) {
+                (Ok(()), None) => {}
+                (Err(f), Some(words)) => {
+                    assert_eq!(f.reason, reason::NO_COMPATIBLE_NODE, "case {i}");
+                    assert!(f.message.contains(words), "case {i}: {}", f.message);
+                    assert!(
+                        f.message.contains("target node b"),
+                        "case {i}: {}",
+                        f.message
+                    );
+                }
+                (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
             }
         }
     }

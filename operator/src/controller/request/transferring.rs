@@ -12,8 +12,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::{Api, ResourceExt};
 
-use super::api;
+use super::checkpointing::digest_problem;
 use super::step::{Failure, Step};
+use super::{api, identity};
 use crate::agents;
 use crate::controller::children::names::{restore_task_name, restored_pod_name};
 use crate::controller::children::node_task::{node_task, transfer_source};
@@ -35,7 +36,8 @@ pub struct Plan {
     pub restored_name: String,
 }
 
-/// The restore's plan; a status without a target node cannot be restored.
+/// The restore's plan; a status without a target node cannot be restored, nor an image from
+/// another node without a well-formed digest to pin its pull to (finding 2: fail closed).
 pub fn plan(
     req: &CheckpointRequest,
     st: &CheckpointRequestStatus,
@@ -47,6 +49,18 @@ pub fn plan(
             "the status names no target node",
         ));
     };
+    let digest = st
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.image.sha256.as_deref());
+    if st.source_node.as_deref() != Some(target.as_str())
+        && let Some(problem) = digest_problem(digest)
+    {
+        return Err(Failure::new(
+            reason::CHECKPOINT_FAILED,
+            format!("the checkpoint has {problem}; its pull cannot be verified"),
+        ));
+    }
     Ok(Plan {
         source: st.source_node.clone().unwrap_or_default(),
         target,
@@ -111,11 +125,14 @@ pub enum Children {
     Pending(Step),
 }
 
-/// Creates what of the token, the restored pod and the Restore task is missing.
+/// Creates what of the token, the restored pod and the Restore task is missing. Only the
+/// pod this request created is its restored pod ([`identity`]): its UID goes into the status
+/// (written at once, before the Restore task names it) and a pod found under its name
+/// without that UID fails the request instead of being adopted.
 pub async fn ensure(
     req: &CheckpointRequest,
     ctx: &Context,
-    st: &CheckpointRequestStatus,
+    st: &mut CheckpointRequestStatus,
     plan: &Plan,
 ) -> Result<Children> {
     let ns = api::namespace(req)?;
@@ -126,7 +143,17 @@ pub async fn ensure(
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let restored = match pods.get_opt(&plan.restored_name).await? {
-        Some(p) => p,
+        Some(p) => match identity::check_restored(&p, req, st.restored_pod_uid.as_deref()) {
+            Ok(()) => p,
+            Err(f) => return Ok(Children::Pending(Step::Fail(f))),
+        },
+        None if st.restored_pod_uid.is_some() => {
+            // The Restore task names that pod's UID: a new pod would not be the one restored.
+            return Ok(Children::Pending(Step::Fail(Failure::new(
+                reason::RESTORE_FAILED,
+                format!("restored pod {ns}/{} was deleted", plan.restored_name),
+            ))));
+        }
         None => {
             let Some(source_pod) = pods.get_opt(&req.spec.pod_name).await? else {
                 return Ok(Children::Pending(Step::Fail(Failure::new(
@@ -137,14 +164,36 @@ pub async fn ensure(
                     ),
                 ))));
             };
+            if let Err(f) = identity::check_source(&source_pod, st.source_pod_uid.as_deref()) {
+                return Ok(Children::Pending(Step::Fail(f)));
+            }
             let mut pod = restored_pod(req, &source_pod, plan.restored_name.clone(), &plan.target);
             if let Some(checkpoint) = &st.checkpoint {
                 use_checkpoint_images(&mut pod, req, checkpoint);
             }
-            api::create_ignoring_existing(&pods, &pod).await?;
-            match pods.get_opt(&plan.restored_name).await? {
-                Some(p) => p,
-                None => return Ok(Children::Pending(Step::Wait)),
+            match api::create_new(&pods, &pod).await? {
+                Some(created) => {
+                    st.restored_pod_name = Some(plan.restored_name.clone());
+                    st.restored_pod_uid = created.uid();
+                    api::write_status(&ctx.client, req, st).await?;
+                    created
+                }
+                // Someone created a pod of that name since the get above: not ours.
+                None => {
+                    let squatter = pods.get_opt(&plan.restored_name).await?;
+                    let failure = squatter
+                        .and_then(|p| identity::check_restored(&p, req, None).err())
+                        .unwrap_or_else(|| {
+                            Failure::new(
+                                reason::RESTORE_FAILED,
+                                format!(
+                                    "pod {ns}/{} came and went while this request created it",
+                                    plan.restored_name
+                                ),
+                            )
+                        });
+                    return Ok(Children::Pending(Step::Fail(failure)));
+                }
             }
         }
     };
@@ -223,6 +272,13 @@ mod tests {
             source_node: Some("a".into()),
             target_node: target.map(String::from),
             restored_pod_name: restored.map(String::from),
+            checkpoint: Some(CheckpointInfo {
+                image: ImageSummary {
+                    sha256: Some("ab".repeat(32)),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
             ..Default::default()
         };
         // (target, restored pod in the status, plan's restored name or the failure)
@@ -240,6 +296,45 @@ mod tests {
                 }
                 (Err(f), Err(why)) => assert_eq!(f.reason, why),
                 (got, want) => panic!("got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_pull_without_a_well_formed_digest_is_never_planned() {
+        let req = request();
+        // (source, digest in the status, failure words or None)
+        let table = [
+            ("a", Some("ab".repeat(32)), None),
+            ("a", None, Some("the checkpoint has no image digest")),
+            (
+                "a",
+                Some("not-hex".to_string()),
+                Some("a malformed image digest"),
+            ),
+            // A restore on the checkpoint's own node pulls nothing.
+            ("b", None, None),
+        ];
+        for (i, (source, digest, words)) in table.into_iter().enumerate() {
+            let st = CheckpointRequestStatus {
+                source_node: Some(source.into()),
+                target_node: Some("b".into()),
+                checkpoint: Some(CheckpointInfo {
+                    image: ImageSummary {
+                        sha256: digest,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match (plan(&req, &st, "1234"), words) {
+                (Ok(_), None) => {}
+                (Err(f), Some(w)) => {
+                    assert_eq!(f.reason, reason::CHECKPOINT_FAILED, "case {i}");
+                    assert!(f.message.contains(w), "case {i}: {}", f.message);
+                }
+                (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
             }
         }
     }
