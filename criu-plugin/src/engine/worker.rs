@@ -33,6 +33,11 @@ pub struct Worker {
 
 pub fn run(w: Arc<Worker>, server: OwnedFd, stop_rx: OwnedFd) {
     let shared = Arc::clone(&w.shared);
+    // Before any handler thread: they share this thread's fs context, not CRIU's.
+    if let Err(e) = crate::sys::process::unshare_fs() {
+        shared.error(e.to_string());
+        return;
+    }
     loop {
         let mut fds = [
             PollFd::new(&server, PollFlags::IN),

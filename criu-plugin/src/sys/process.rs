@@ -1,5 +1,6 @@
 //! Process-level calls the plugin makes on its host process: ending it at once, blocking
-//! SIGCHLD for worker threads, and pinning the plugin's object in memory.
+//! SIGCHLD for worker threads, unsharing their fs context, and pinning the plugin's object in
+//! memory.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -11,6 +12,17 @@ use crate::error::{PluginError, Result};
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes an int and never returns; nothing of ours needs unwinding.
     unsafe { libc::_exit(code) }
+}
+
+/// Gives the calling thread its own root, working directory and umask (`unshare(CLONE_FS)`).
+/// A thread of CRIU's main process must: while any thread shares the process's `fs_struct`,
+/// CRIU's `setns` into the restored mount namespace (cleaning ghost files after a container's
+/// restore) fails with EINVAL.
+pub fn unshare_fs() -> Result<()> {
+    // SAFETY: CLONE_FS only copies this thread's root, cwd and umask; no file descriptor
+    // table is unshared, so no thread can observe another's descriptors differently.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+        .map_err(|e| PluginError::io("unshare CLONE_FS for the worker", e.into()))
 }
 
 /// Blocks SIGCHLD in the calling thread until dropped, so a thread spawned meanwhile
