@@ -2,9 +2,10 @@
 //!
 //! Two traits, [`checkpoint::Checkpointer`] and [`restore::Restorer`], each with one
 //! implementation per mechanism: CRIU on a process tree ([`process_tree`]), runc ([`runc`]),
-//! the kubelet's checkpoint API ([`kubelet`]) and containerd's checkpoint-image restore
-//! ([`containerd`]). Everything here is synchronous and knows nothing of NodeTasks: the
-//! executor calls it on a blocking thread and turns [`RuntimeError`] into a task's failure.
+//! the kubelet's checkpoint API ([`kubelet`]), containerd's checkpoint-image restore
+//! ([`containerd`]) and CRIU into a placeholder container ([`placeholder`]). Everything here
+//! is synchronous and knows nothing of NodeTasks: the executor calls it on a blocking thread
+//! and turns [`RuntimeError`] into a task's failure.
 //!
 //! Layers inside, bottom up (a module imports only from the ones below it):
 //! - [`error`], [`control`] (a task's deadline and cancel switch for its tools), then [`exec`]
@@ -13,7 +14,7 @@
 //!   environment and stats);
 //! - [`criu`] (the `criu` binary), [`checkpoint`] and [`restore`] (the traits and their
 //!   jobs);
-//! - the mechanisms: [`process_tree`], [`runc`], [`kubelet`], [`containerd`].
+//! - the mechanisms: [`process_tree`], [`runc`], [`kubelet`], [`containerd`], [`placeholder`].
 
 pub mod checkpoint;
 pub mod containerd;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod exec;
 pub mod kubelet;
 pub mod layout;
+pub mod placeholder;
 pub mod plugin;
 pub mod process_tree;
 pub mod restore;

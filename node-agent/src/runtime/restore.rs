@@ -5,7 +5,9 @@
 //! - [`crate::runtime::containerd::import::CheckpointImageImport`]: containerd ≥ 2.1's
 //!   checkpoint-image restore: each kubelet archive becomes an OCI checkpoint image imported
 //!   into the node's containerd; creating the container from it (CRIU's restore) is then the
-//!   kubelet's and containerd's work, when they start the restored pod.
+//!   kubelet's and containerd's work, when they start the restored pod;
+//! - [`crate::runtime::placeholder::PlaceholderRestore`]: CRIU into a running placeholder
+//!   container whose PID 1 is `ferry-supervisor`.
 //!
 //! **A restore never modifies the image**: it runs in a restore directory of links to the
 //! image's files (see [`crate::runtime::layout`]).
@@ -49,6 +51,14 @@ pub enum RestoreTarget {
         /// ([`ferry_api::names::checkpoint_image::reference`]).
         reference: String,
     },
+    /// The container saved as `name` (a `runc checkpoint` image), restored by CRIU into the
+    /// running placeholder container `placeholder` (see [`crate::runtime::placeholder`]).
+    Placeholder {
+        /// Name in the image.
+        name: String,
+        /// The placeholder to restore into.
+        placeholder: Placeholder,
+    },
 }
 
 impl RestoreTarget {
@@ -57,9 +67,27 @@ impl RestoreTarget {
         match self {
             RestoreTarget::Process { name }
             | RestoreTarget::Runc { name, .. }
-            | RestoreTarget::CheckpointImage { name, .. } => name,
+            | RestoreTarget::CheckpointImage { name, .. }
+            | RestoreTarget::Placeholder { name, .. } => name,
         }
     }
+}
+
+/// A running placeholder container, as the agent sees it from the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placeholder {
+    /// Host pid of its PID 1 (the supervisor).
+    pub host_pid: i32,
+    /// Its root filesystem on the host (CRIU's `--root`).
+    pub rootfs: PathBuf,
+    /// Its control directory on the host (the supervisor's `--control`).
+    pub control_dir: PathBuf,
+    /// Its network namespace (`/run/netns/…`, `/proc/<pid>/ns/net`).
+    pub netns: PathBuf,
+    /// Where an external mount of the dump comes from, by CRIU's key (runc's key is the
+    /// mount's destination in the container). Keys not listed map to the same path on the
+    /// host (`/dev/null`, `/sys/fs/cgroup/*`, binds whose source is their destination).
+    pub ext_mounts: Vec<(String, PathBuf)>,
 }
 
 /// A restore request.
