@@ -31,7 +31,12 @@ impl Cluster {
         self.wait_labelled_nodes_ready(names, &selector, timeout)
     }
 
-    /// Waits until every node in `names` (among those matching `selector`) is Ready.
+    /// Waits until every node in `names` (among those matching `selector`) is Ready and carries
+    /// no `not-ready`/`unreachable` taint. The API server's TaintNodesByCondition admission
+    /// adds `not-ready` to every new node and kube-controller-manager's node lifecycle
+    /// controller lifts it once the node is Ready; clusters started without the controllers
+    /// would keep it forever, so for a Ready node the harness lifts it the same way.
+    /// Schedulers and ferry's target checks honour these taints.
     pub(super) fn wait_labelled_nodes_ready(
         &self,
         names: &[String],
@@ -40,7 +45,7 @@ impl Cluster {
     ) -> Result<Duration> {
         let want: HashSet<&str> = names.iter().map(String::as_str).collect();
         let began = Instant::now();
-        let jsonpath = r#"jsonpath={range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
+        let jsonpath = r#"jsonpath={range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{" "}{.spec.taints[*].key}{"\n"}{end}"#;
         self.poll(
             &format!("{} nodes ({selector}) becoming Ready", names.len()),
             timeout,
@@ -49,11 +54,28 @@ impl Cluster {
                 let out = self
                     .kubectl(&["get", "nodes", "-l", selector, "-o", jsonpath])
                     .map_err(|e| e.to_string())?;
-                let ready = out
-                    .lines()
-                    .filter_map(|l| l.split_once(' '))
-                    .filter(|(name, status)| *status == "True" && want.contains(name))
-                    .count();
+                let mut ready = 0;
+                for (name, rest) in out.lines().filter_map(|l| l.split_once(' ')) {
+                    let mut fields = rest.split(' ');
+                    if fields.next() != Some("True") || !want.contains(name) {
+                        continue;
+                    }
+                    let lifecycle: Vec<&str> = fields
+                        .filter(|t| {
+                            *t == "node.kubernetes.io/not-ready"
+                                || *t == "node.kubernetes.io/unreachable"
+                        })
+                        .collect();
+                    if lifecycle.is_empty() {
+                        ready += 1;
+                        continue;
+                    }
+                    for taint in lifecycle {
+                        // Already gone (the controller was faster) is fine: next round looks again.
+                        let _ = self
+                            .kubectl_output(&["taint", "nodes", name, &format!("{taint}-")], None);
+                    }
+                }
                 if ready == want.len() {
                     Ok(Some(()))
                 } else {
