@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 use ferry_agent::cluster::grants::{CachedGrants, SecretGrants};
 use ferry_agent::cluster::lease::{self, LeaseConfig};
-use ferry_agent::executor::pull::{self, PullIdentity};
+use ferry_agent::executor::pull::PullIdentity;
 use ferry_agent::executor::{RuntimeMode, Worker, WorkerConfig};
 use ferry_agent::intake::{self, IntakeConfig};
 use ferry_agent::runtime::containerd::Ctr;
@@ -204,15 +204,6 @@ async fn main() -> Result<()> {
         NodeIdentity::load_or_create(&args.state_dir)
             .context("loading or creating the transfer TLS identity")?,
     );
-    // Pulls read grants from the agents' namespace and present this node's certificate.
-    if pull::configure(PullIdentity {
-        namespace: args.namespace.clone(),
-        identity: identity.clone(),
-    })
-    .is_err()
-    {
-        anyhow::bail!("the transfer identity was configured twice");
-    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
@@ -349,6 +340,11 @@ async fn main() -> Result<()> {
             criu,
             runtime,
             plugin_env,
+            // Pulls read grants from the agents' namespace and present this node's certificate.
+            pull_identity: Some(PullIdentity {
+                namespace: args.namespace.clone(),
+                identity: identity.clone(),
+            }),
         },
         metrics.clone(),
     );

@@ -215,6 +215,7 @@ async fn checkpoints_check_free_space_and_the_request_uid_before_anything_is_fro
             criu: Criu::new(CRIU).with_libdir(&libdir),
             runtime: RuntimeMode::Process,
             plugin_env: vec![],
+            pull_identity: None,
         },
         metrics: Arc::new(Metrics::new().unwrap()),
     };

@@ -159,6 +159,7 @@ fn worker(w: &World, node: &str, criu: Criu, plugin_env: Vec<(String, String)>) 
             criu,
             runtime: RuntimeMode::Process,
             plugin_env,
+            pull_identity: None,
         },
         Arc::new(Metrics::new().unwrap()),
     )

@@ -32,6 +32,9 @@ pub struct WorkerConfig {
     pub runtime: RuntimeMode,
     /// Extra environment for CRIU and the plugin (e.g. `FERRY_SIM_*` on a sim-GPU node).
     pub plugin_env: Vec<(String, String)>,
+    /// Where pulls read their grants and the certificate they present to sources; `None`
+    /// (tests that never pull): a Restore with a source fails with a clear reason.
+    pub pull_identity: Option<crate::executor::pull::PullIdentity>,
 }
 
 /// The executor's shared state.

@@ -5,7 +5,7 @@
 //! The grant Secret is read from the agents' namespace, and the pull presents this node's
 //! certificate: both are set once at start-up ([`configure`]).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_api::{NodeTask, TransferSource, TransferStats};
@@ -21,22 +21,13 @@ use crate::executor::task::Attempt;
 use crate::store::Store;
 use crate::transfer::{self, NodeIdentity, PullReport, PullSpec, TransferError};
 
-/// What a pull needs from the agent's start-up.
-#[derive(Debug)]
+/// What a pull needs from the agent's start-up: where grants live and who this node is.
+#[derive(Clone, Debug)]
 pub struct PullIdentity {
     /// The agents' namespace, where the operator writes grant Secrets.
     pub namespace: String,
     /// This node's certificate and key (the one its Lease publishes), presented to sources.
     pub identity: Arc<NodeIdentity>,
-}
-
-/// Set once by the agent's `main`: a process has one node identity and one namespace, and
-/// this keeps them out of the executor's settings, which every runtime test builds.
-static PULL_IDENTITY: OnceLock<PullIdentity> = OnceLock::new();
-
-/// Sets what pulls use; `Err` (with it back) if it was set already.
-pub fn configure(identity: PullIdentity) -> Result<(), PullIdentity> {
-    PULL_IDENTITY.set(identity)
 }
 
 /// An invalid-task error for `source`'s pull.
@@ -105,7 +96,7 @@ async fn pull(
         .cert_sha256
         .clone()
         .ok_or(TaskError::UnpinnedSource)?;
-    let Some(me) = PULL_IDENTITY.get() else {
+    let Some(me) = ctx.config.pull_identity.as_ref() else {
         return Err(refused(
             source,
             "this agent was started without a transfer identity",
