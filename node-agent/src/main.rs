@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 use ferry_agent::cluster::grants::{CachedGrants, SecretGrants};
 use ferry_agent::cluster::lease::{self, LeaseConfig};
-use ferry_agent::executor::pull::PullIdentity;
+use ferry_agent::executor::context::PullIdentity;
 use ferry_agent::executor::{RuntimeMode, Worker, WorkerConfig};
 use ferry_agent::intake::{self, IntakeConfig};
 use ferry_agent::runtime::containerd::Ctr;

@@ -34,7 +34,16 @@ pub struct WorkerConfig {
     pub plugin_env: Vec<(String, String)>,
     /// Where pulls read their grants and the certificate they present to sources; `None`
     /// (tests that never pull): a Restore with a source fails with a clear reason.
-    pub pull_identity: Option<crate::executor::pull::PullIdentity>,
+    pub pull_identity: Option<PullIdentity>,
+}
+
+/// What a pull needs from the agent's start-up: where grants live and who this node is.
+#[derive(Clone, Debug)]
+pub struct PullIdentity {
+    /// The agents' namespace, where the operator writes grant Secrets.
+    pub namespace: String,
+    /// This node's certificate and key (the one its Lease publishes), presented to sources.
+    pub identity: Arc<crate::transfer::NodeIdentity>,
 }
 
 /// The executor's shared state.

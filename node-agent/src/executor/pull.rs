@@ -5,7 +5,6 @@
 //! The grant Secret is read from the agents' namespace, and the pull presents this node's
 //! certificate: both are set once at start-up ([`configure`]).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_api::{NodeTask, TransferSource, TransferStats};
@@ -19,16 +18,7 @@ use crate::executor::error::TaskError;
 use crate::executor::result::Pulled;
 use crate::executor::task::Attempt;
 use crate::store::Store;
-use crate::transfer::{self, NodeIdentity, PullReport, PullSpec, TransferError};
-
-/// What a pull needs from the agent's start-up: where grants live and who this node is.
-#[derive(Clone, Debug)]
-pub struct PullIdentity {
-    /// The agents' namespace, where the operator writes grant Secrets.
-    pub namespace: String,
-    /// This node's certificate and key (the one its Lease publishes), presented to sources.
-    pub identity: Arc<NodeIdentity>,
-}
+use crate::transfer::{self, PullReport, PullSpec, TransferError};
 
 /// An invalid-task error for `source`'s pull.
 fn refused(source: &TransferSource, why: impl Into<String>) -> TaskError {
