@@ -30,19 +30,10 @@ fn refused(source: &TransferSource, why: impl Into<String>) -> TaskError {
 
 /// The task's image digest if it is a hex SHA-256; anything else fails the task.
 fn pinned_digest(source: &TransferSource) -> Result<String, TaskError> {
-    match source.image_sha256.as_deref() {
-        Some(d) if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Ok(d.to_ascii_lowercase())
-        }
-        Some(d) => Err(refused(
-            source,
-            format!("the task's image digest {d:?} is not a hex SHA-256; refusing to pull"),
-        )),
-        None => Err(refused(
-            source,
-            "the task names no image digest; refusing to pull or use an image nothing pins",
-        )),
-    }
+    transfer::pinned_digest(source.image_sha256.as_deref()).map_err(|e| TaskError::Pull {
+        endpoint: source.endpoint.clone(),
+        source: e,
+    })
 }
 
 /// Pulls the task's image when the task names a source and the store does not hold it yet.

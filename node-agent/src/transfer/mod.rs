@@ -26,7 +26,7 @@ pub mod server;
 pub mod tls;
 pub mod token;
 
-pub use client::{ClientTransport, PullReport, PullSpec, pull, pull_with_transport};
+pub use client::{ClientTransport, PullReport, PullSpec, pinned_digest, pull, pull_with_transport};
 pub use error::{Result, TransferError};
 pub use server::{ServerLimits, ServerTransport, TransferServer, TransferStats};
 pub use tls::{NodeIdentity, fingerprint_hex, peer_fingerprint, pinned_client_config};

@@ -46,7 +46,7 @@ use crate::transfer::error::{Result, TransferError};
 use crate::transfer::tls::{NodeIdentity, pinned_client_config};
 
 pub use self::retry::MAX_ATTEMPTS;
-pub use self::spec::{ClientTransport, PullReport, PullSpec};
+pub use self::spec::{ClientTransport, PullReport, PullSpec, pinned_digest};
 pub use self::writer::{CHUNKS_IN_FLIGHT, WRITE_CHUNK};
 
 /// Pulls `spec`'s image from its source over TLS pinned to `spec.cert_sha256`, presenting

@@ -34,14 +34,7 @@ impl PullSpec {
     /// The expected digest must be a SHA-256 in hex; nothing else pins the image.
     pub(super) fn check_digest(&self) -> Result<()> {
         let d = self.expected_digest.as_str();
-        if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(());
-        }
-        Err(TransferError::Invalid(if d.is_empty() {
-            "the task names no image digest; refusing to pull an image nothing pins".to_string()
-        } else {
-            format!("the task's image digest {d:?} is not a hex SHA-256; refusing to pull")
-        }))
+        pinned_digest((!d.is_empty()).then_some(d)).map(|_| ())
     }
 
     /// The namespace and request name go into URLs: they must be what Kubernetes allows.
@@ -93,4 +86,22 @@ pub struct PullReport {
     pub total_bytes: u64,
     /// The image was already published with this digest; nothing was transferred.
     pub already_present: bool,
+}
+
+/// A task's image digest, lower-cased, if it is a hex SHA-256; a missing or malformed one is
+/// refused (fail closed: the digest is what pins an image, pulled or local, to the checkpoint
+/// the operator saw).
+pub fn pinned_digest(digest: Option<&str>) -> Result<String> {
+    match digest {
+        Some(d) if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(d.to_ascii_lowercase())
+        }
+        Some(d) => Err(TransferError::Invalid(format!(
+            "the task's image digest {d:?} is not a hex SHA-256; refusing to pull"
+        ))),
+        None => Err(TransferError::Invalid(
+            "the task names no image digest; refusing to pull or use an image nothing pins"
+                .to_string(),
+        )),
+    }
 }
