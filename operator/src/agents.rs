@@ -6,12 +6,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 
 use ferry_api::agent_lease;
-/// Annotation on the agent's Lease: its transfer server's base URL.
-pub use ferry_api::agent_lease::TRANSFER_ENDPOINT as TRANSFER_ENDPOINT_ANNOTATION;
-pub use ferry_api::agent_lease::{
-    DEFAULT_TRANSFER_PORT, LEASE_PREFIX, is_live as lease_is_live, is_sha256_hex, lease_name,
-    transfer_cert_sha256,
-};
 
 /// The agent's transfer endpoint: the Lease's annotation, else the node's InternalIP (else
 /// the node's name).
@@ -27,6 +21,7 @@ pub fn transfer_endpoint(lease: Option<&Lease>, node: Option<&Node>, name: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_api::agent_lease::is_live as lease_is_live;
     use jiff::{SignedDuration, Timestamp};
     use k8s_openapi::api::coordination::v1::LeaseSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::CheckpointRequest;
+use ferry_api::agent_lease;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
@@ -14,7 +15,6 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::agents;
 use crate::metrics::Metrics;
 
 /// The operator's settings.
@@ -73,14 +73,15 @@ pub struct Context {
 impl Context {
     /// The readiness Lease of the agent on `node`, from the cache.
     pub fn agent_lease(&self, node: &str) -> Option<Arc<Lease>> {
-        self.leases
-            .get(&ObjectRef::new(&agents::lease_name(node)).within(&self.config.agent_namespace))
+        self.leases.get(
+            &ObjectRef::new(&agent_lease::lease_name(node)).within(&self.config.agent_namespace),
+        )
     }
 
     /// Whether a ferry agent is ready on `node` (its Lease is live now).
     pub fn agent_ready(&self, node: &str) -> bool {
         self.agent_lease(node)
-            .is_some_and(|l| agents::lease_is_live(&l, Timestamp::now()))
+            .is_some_and(|l| agent_lease::is_live(&l, Timestamp::now()))
     }
 
     /// The node `name`, from the cache.

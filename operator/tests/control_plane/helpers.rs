@@ -93,12 +93,12 @@ pub async fn agent_lease(env: &Env, node: &str, live: bool) {
     };
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": ferry_operator::agents::lease_name(node),
+        "metadata": {"name": ferry_api::agent_lease::lease_name(node),
                      "annotations": {ferry_api::names::annotation::TRANSFER_CERT_SHA256: CERT_SHA256}},
         "spec": {"holderIdentity": node, "leaseDurationSeconds": 3600, "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
     });
     api.patch(
-        &ferry_operator::agents::lease_name(node),
+        &ferry_api::agent_lease::lease_name(node),
         &PatchParams::apply("e2e-agent").force(),
         &Patch::Apply(&lease),
     )

@@ -68,7 +68,7 @@ pub fn decide(task: Option<&NodeTask>, source: &str) -> Next {
 pub fn digest_problem(sha256: Option<&str>) -> Option<String> {
     match sha256 {
         None => Some("no image digest".to_string()),
-        Some(d) if !crate::agents::is_sha256_hex(d) => {
+        Some(d) if !ferry_api::agent_lease::is_sha256_hex(d) => {
             // Bounded: the agent's string is echoed into the condition.
             let shown: String = d.chars().take(80).collect();
             Some(format!(

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use ferry_api::agent_lease;
 use ferry_api::names::reason;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
@@ -11,7 +12,6 @@ use kube::{Api, ResourceExt};
 
 use super::step::Failure;
 use crate::Result;
-use crate::agents;
 use crate::controller::context::Context;
 use crate::controller::placement::needs::{Needs, gpu_request};
 use crate::controller::placement::node_state::{is_cordoned, is_ready, untolerated_taint};
@@ -85,7 +85,7 @@ pub fn check_target(
             reason::AGENT_NOT_READY,
             format!(
                 "no ready ferry agent on target node {target} (Lease {agent_namespace}/{} missing or expired)",
-                agents::lease_name(target)
+                agent_lease::lease_name(target)
             ),
         ));
     }

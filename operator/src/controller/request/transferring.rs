@@ -3,6 +3,7 @@
 //! What they hold is decided by pure functions ([`plan`], [`restore_task`]); [`ensure`]
 //! reads what exists and creates what is missing.
 
+use ferry_api::agent_lease;
 use ferry_api::names::reason;
 use ferry_api::{
     CheckpointRequest, CheckpointRequestStatus, NodeTask, PodReference, TaskOperation,
@@ -89,12 +90,12 @@ pub fn restore_task(
     source_node: Option<&Node>,
 ) -> NodeTask {
     let endpoint = agents::transfer_endpoint(source_lease, source_node, &plan.source);
-    let cert = agents::transfer_cert_sha256(source_lease);
+    let cert = agent_lease::transfer_cert_sha256(source_lease);
     let digest = st
         .checkpoint
         .as_ref()
         .and_then(|c| c.image.sha256.clone())
-        .filter(|d| agents::is_sha256_hex(d));
+        .filter(|d| agent_lease::is_sha256_hex(d));
     let pod = PodReference {
         namespace: req.namespace().unwrap_or_default(),
         name: plan.restored_name.clone(),
@@ -225,7 +226,7 @@ async fn ensure_grant(req: &CheckpointRequest, ctx: &Context, plan: &Plan) -> Re
         api::delete_ignoring_missing(&secrets, &name).await?;
     }
     let lease = ctx.agent_lease(&plan.target);
-    let Some(client_cert) = agents::transfer_cert_sha256(lease.as_deref()) else {
+    let Some(client_cert) = agent_lease::transfer_cert_sha256(lease.as_deref()) else {
         return Ok(Some(Step::Fail(Failure::new(
             reason::TRANSFER_FAILED,
             format!(

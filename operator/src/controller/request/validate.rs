@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
+use ferry_api::agent_lease;
 use ferry_api::names::reason;
 use ferry_api::{CheckpointRequest, CheckpointRequestSpec};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Resource, ResourceExt};
 
 use super::step::Failure;
-use crate::agents;
 
 /// Another unfinished request for the same pod that came first (older, or as old with a
 /// smaller name), if any, among `requests`.
@@ -117,7 +117,7 @@ pub fn source_agent(ready: bool, source: &str, agent_namespace: &str) -> Result<
         reason::AGENT_NOT_READY,
         format!(
             "no ready ferry agent on the pod's node {source} (Lease {agent_namespace}/{} missing or expired); is the ferry-agent DaemonSet running there?",
-            agents::lease_name(source)
+            agent_lease::lease_name(source)
         ),
     ))
 }
