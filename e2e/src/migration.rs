@@ -310,11 +310,7 @@ pub fn run(opts: &MigrationOptions) -> Result<MigrationReport> {
 
     let started = Instant::now();
     let cluster = Cluster::start(Options::control_plane().with_kwok_nodes(2))?;
-    let nodes: Vec<String> = cluster
-        .kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])?
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let nodes = cluster.node_names()?;
     let [source, target] = nodes.as_slice() else {
         bail!("expected 2 kwok nodes, got {nodes:?}");
     };

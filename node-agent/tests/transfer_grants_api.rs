@@ -92,12 +92,7 @@ fn spec(source: &Source, ns: &str, token: &Token, digest: &str) -> PullSpec {
 fn a_forged_or_stale_grant_gets_nothing_and_the_minted_one_works() {
     let cluster = Cluster::start(Options::control_plane().with_kwok_nodes(2))
         .unwrap_or_else(|e| panic!("{e}"));
-    let nodes: Vec<String> = cluster
-        .kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])
-        .unwrap()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let nodes = cluster.node_names().unwrap_or_else(|e| panic!("{e}"));
     let [source_node, target_node] = nodes.as_slice() else {
         panic!("expected 2 kwok nodes, got {nodes:?}");
     };

@@ -25,6 +25,15 @@ impl Cluster {
         Ok(names)
     }
 
+    /// The names of every node of the cluster (kwok and real), as the API server lists them.
+    pub fn node_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Waits until every kwok node in `names` has condition Ready=True; returns how long it took.
     pub fn wait_nodes_ready(&self, names: &[String], timeout: Duration) -> Result<Duration> {
         let selector = format!("{KWOK_NODE_LABEL}=true");

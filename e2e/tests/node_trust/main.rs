@@ -78,12 +78,7 @@ const SCENARIOS: &[Scenario] = &[
 fn one_node_cannot_act_for_another_through_the_api_server() {
     let cluster = Cluster::start(Options::control_plane().with_kwok_nodes(2))
         .unwrap_or_else(|e| panic!("{e}"));
-    let nodes: Vec<String> = cluster
-        .kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])
-        .unwrap()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let nodes = cluster.node_names().unwrap_or_else(|e| panic!("{e}"));
     let [a, b] = nodes.as_slice() else {
         panic!("expected 2 kwok nodes, got {nodes:?}");
     };
